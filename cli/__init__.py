@@ -1,0 +1,1 @@
+"""dmreg's command-line interface (installed as the package ``dmreg_cli``)."""

@@ -1,0 +1,45 @@
+"""Console set-up: diagnostics and progress go to stderr; errors become exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from dmreg.errors import DmregError
+
+stderr = Console(stderr=True)
+
+
+def configure_logging(quiet: bool, verbose: int) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logger = logging.getLogger("dmreg")
+    logger.handlers[:] = [RichHandler(console=stderr, show_time=False, show_path=False)]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+@contextlib.contextmanager
+def exit_codes(debug: bool) -> Iterator[None]:
+    """Turn DmregError into its exit code with a one-line message (traceback with --debug)."""
+    try:
+        yield
+    except DmregError as exc:
+        if debug:
+            stderr.print_exception()
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a bug, not a user error: say so, exit 1
+        if debug:
+            stderr.print_exception()
+        else:
+            stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                         highlight=False)
+        raise typer.Exit(1) from None

@@ -1,0 +1,33 @@
+"""The `dmreg` console script."""
+
+from __future__ import annotations
+
+import typer
+
+from .register import register_command
+from dmreg import __version__
+
+app = typer.Typer(
+    name="dmreg",
+    help="Co-register multimodal rasters (optical, infrared, thermal, SAR).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("register")(register_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dmreg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """dmreg: multimodal raster co-registration."""
+
+
+if __name__ == "__main__":
+    app()

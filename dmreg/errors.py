@@ -1,0 +1,53 @@
+"""Errors a user can cause, each mapped to a documented exit code.
+
+Every error derives from :class:`DmregError` and from the closest builtin, so callers
+may catch either (``except FileExistsError`` works on :class:`OutputExistsError`).
+"""
+
+from __future__ import annotations
+
+
+class DmregError(Exception):
+    """Root of all dmreg errors; ``exit_code`` is what the CLI exits with."""
+
+    exit_code: int = 1
+
+
+class UsageError(DmregError, ValueError):
+    """Options that contradict each other or are out of range."""
+
+    exit_code = 2
+
+
+class InputError(DmregError, OSError):
+    """An input raster is missing, unreadable, truncated or lacks what is needed (e.g. a CRS)."""
+
+    exit_code = 3
+
+
+class NoOverlapError(DmregError, ValueError):
+    """The two rasters do not cover a common area."""
+
+    exit_code = 4
+
+
+class RegistrationError(DmregError, RuntimeError):
+    """Too few reliable matches, or a transform that the matches do not support."""
+
+    exit_code = 5
+
+
+class OutputExistsError(DmregError, FileExistsError):
+    """An output exists and ``overwrite`` was not asked for."""
+
+    exit_code = 6
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    2: "usage error (bad option or option combination)",
+    3: "input unreadable or invalid (missing, truncated, no CRS where one is needed)",
+    4: "the rasters do not overlap",
+    5: "registration failed (too few inliers, unstable transform)",
+    6: "an output exists and --overwrite was not given",
+}

@@ -1,0 +1,1 @@
+"""Geometric models, robust fitting and model selection."""

@@ -1,0 +1,1 @@
+"""Footprints, georeferencing mappings between rasters, and tiling plans."""

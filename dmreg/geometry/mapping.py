@@ -1,0 +1,87 @@
+"""Pixel-to-pixel mappings between the moving and the reference raster.
+
+The full corrected mapping is ``correction(georef(p))``: ``georef`` is what the two
+files' georeferencing says (CRS change included, exact through PROJ), ``correction``
+is the model dmreg estimates in reference pixel space. A georeferencing error of a few
+pixels is thus a small translation, whatever the CRSs and resolutions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from affine import Affine
+from rasterio.warp import transform as warp_transform
+
+from dmreg.errors import InputError
+from dmreg.io.raster import RasterInfo
+
+
+class PointTransform(Protocol):
+    def apply(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def inverse(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class GeorefMapping:
+    """Moving pixel -> reference pixel as the files' georeferencing states it."""
+
+    mov: RasterInfo
+    ref: RasterInfo
+
+    def __post_init__(self) -> None:
+        if self.mov.georeferenced != self.ref.georeferenced:
+            has, lacks = (self.ref, self.mov) if self.ref.georeferenced else (self.mov, self.ref)
+            raise InputError(
+                f"{lacks.path} has no CRS but {has.path} has one ({has.crs}): "
+                "assign a CRS to it (e.g. gdal_edit.py -a_srs) or register two plain images"
+            )
+
+    @property
+    def same_crs(self) -> bool:
+        return not self.ref.georeferenced or self.ref.crs == self.mov.crs
+
+    @property
+    def affine(self) -> Affine | None:
+        """The mapping as an affine transform when it is one (same CRS), else None."""
+        if not self.same_crs:
+            return None
+        return ~self.ref.transform * self.mov.transform
+
+    def apply(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._map(x, y, self.mov, self.ref)
+
+    def inverse(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._map(x, y, self.ref, self.mov)
+
+    def _map(
+        self, x: np.ndarray, y: np.ndarray, src: RasterInfo, dst: RasterInfo
+    ) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, np.float64)
+        y = np.asarray(y, np.float64)
+        if self.same_crs:
+            return apply_affine(~dst.transform * src.transform, x, y)
+        mx, my = apply_affine(src.transform, x, y)
+        tx, ty = warp_transform(src.crs, dst.crs, mx.ravel(), my.ravel())
+        px, py = apply_affine(~dst.transform, np.asarray(tx), np.asarray(ty))
+        return px.reshape(x.shape), py.reshape(y.shape)
+
+
+@dataclass(frozen=True)
+class CorrectedMapping:
+    """Moving pixel -> reference pixel after correction: ``correction(georef(p))``."""
+
+    georef: GeorefMapping
+    correction: PointTransform
+
+    def apply(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.correction.apply(*self.georef.apply(x, y))
+
+    def inverse(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.georef.inverse(*self.correction.inverse(x, y))
+
+
+def apply_affine(a: Affine, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f

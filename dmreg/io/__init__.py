@@ -1,0 +1,1 @@
+"""Raster I/O: opening with clear errors, window reads onto grids, atomic writes."""

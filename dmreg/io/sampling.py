@@ -1,0 +1,170 @@
+"""Reading raster windows onto arbitrary pixel grids.
+
+Everything the pipeline reads goes through :func:`sample_onto_grid`: a grid of output
+pixels, a function that says where each output pixel centre lies in the source raster,
+and one bounded window read. Memory therefore depends on the grid size, never on the
+raster size. Source pixels much smaller than output pixels are first averaged by a
+decimated read (GDAL overviews when the file has them), so nothing aliases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from dmreg.errors import InputError
+
+CoordFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""Maps output pixel coordinates (x, y) to source pixel coordinates (x, y), vectorised."""
+
+_CV2_INTERPOLATION = {
+    Resampling.nearest: cv2.INTER_NEAREST,
+    Resampling.bilinear: cv2.INTER_LINEAR,
+    Resampling.cubic: cv2.INTER_CUBIC,
+    Resampling.lanczos: cv2.INTER_LANCZOS4,
+    Resampling.average: cv2.INTER_LINEAR,
+}
+SUPPORTED_RESAMPLING = tuple(_CV2_INTERPOLATION)
+
+LATTICE_STEP = 16
+"""Source coordinates are computed exactly on a lattice of this step and bilinearly
+interpolated between: the mappings used (affine, homography, 2nd-order polynomial,
+map projections) are smooth, so the interpolation error stays far below 1e-3 px."""
+
+
+def sample_onto_grid(
+    ds: rasterio.io.DatasetReader,
+    bands: Sequence[int],
+    src_coords: CoordFn,
+    shape: tuple[int, int],
+    resampling: Resampling = Resampling.bilinear,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample ``bands`` of ``ds`` onto an output grid of ``shape`` (rows, cols).
+
+    Returns ``(values, valid)``: float32 values of shape (len(bands), rows, cols), complex
+    bands as amplitude, and a boolean mask that is False outside the raster, on nodata,
+    on masked or non-finite pixels and next to them.
+    """
+    if resampling not in _CV2_INTERPOLATION:
+        raise ValueError(f"resampling {resampling.name} is not supported")
+    rows, cols = shape
+    sx, sy = _dense_source_coords(src_coords, rows, cols)
+    out = np.zeros((len(bands), rows, cols), np.float32)
+    valid = np.zeros((rows, cols), bool)
+
+    window, factor = _source_window(ds, sx, sy, cols, rows)
+    if window is None:
+        return out, valid
+    dec_h = max(1, int(np.ceil(window.height / factor)))
+    dec_w = max(1, int(np.ceil(window.width / factor)))
+    src, src_valid = _read_window(ds, bands, window, (dec_h, dec_w))
+
+    # pixel-corner source coordinates -> cv2 pixel-centre coordinates in the decimated window
+    map_x = ((sx - window.col_off) * (dec_w / window.width) - 0.5).astype(np.float32)
+    map_y = ((sy - window.row_off) * (dec_h / window.height) - 0.5).astype(np.float32)
+    interp = _CV2_INTERPOLATION[resampling]
+    fill = src[:, src_valid].mean(axis=1) if src_valid.any() else np.zeros(len(bands), np.float32)
+    for i in range(len(bands)):
+        band = np.where(src_valid, src[i], fill[i]).astype(np.float32)
+        out[i] = cv2.remap(band, map_x, map_y, interp, borderMode=cv2.BORDER_REPLICATE)
+    weight = cv2.remap(
+        src_valid.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
+    )
+    inside = (map_x >= -0.5) & (map_y >= -0.5) & (map_x <= dec_w - 0.5) & (map_y <= dec_h - 0.5)
+    valid = inside & (weight > 0.999)
+    return out, valid
+
+
+def normalise_contrast(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Robust 1-99 percentile stretch to [0, 1]; invalid pixels get the valid median.
+
+    Per-tile stretching makes matchers indifferent to radiometric units (DN, reflectance,
+    brightness temperature, SAR amplitude) and to the dynamic range of each sensor.
+    """
+    img = np.zeros(values.shape, np.float32)
+    if valid.sum() < 16:
+        return img
+    v = values[valid]
+    lo, hi = np.percentile(v, [1.0, 99.0])
+    if hi <= lo:
+        return img
+    img = np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    img[~valid] = float(np.median(img[valid]))
+    return img
+
+
+def _dense_source_coords(fn: CoordFn, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate ``fn`` exactly on a lattice of pixel centres and interpolate bilinearly."""
+    step = LATTICE_STEP
+    lat_c = np.append(np.arange(0, cols - 1, step, dtype=np.float64), cols - 1) + 0.5
+    lat_r = np.append(np.arange(0, rows - 1, step, dtype=np.float64), rows - 1) + 0.5
+    if cols == 1:
+        lat_c = np.array([0.5])
+    if rows == 1:
+        lat_r = np.array([0.5])
+    gx, gy = np.meshgrid(lat_c, lat_r)
+    lx, ly = fn(gx.ravel(), gy.ravel())
+    lx = np.asarray(lx, np.float64).reshape(gx.shape)
+    ly = np.asarray(ly, np.float64).reshape(gx.shape)
+    cx = np.arange(cols, dtype=np.float64) + 0.5
+    cy = np.arange(rows, dtype=np.float64) + 0.5
+    return _bilinear(lx, lat_r, lat_c, cy, cx), _bilinear(ly, lat_r, lat_c, cy, cx)
+
+
+def _bilinear(grid: np.ndarray, gr: np.ndarray, gc: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    i = np.clip(np.searchsorted(gr, r, side="right") - 1, 0, max(len(gr) - 2, 0))
+    j = np.clip(np.searchsorted(gc, c, side="right") - 1, 0, max(len(gc) - 2, 0))
+    i1 = np.minimum(i + 1, len(gr) - 1)
+    j1 = np.minimum(j + 1, len(gc) - 1)
+    fr = np.where(i1 > i, (r - gr[i]) / np.where(i1 > i, gr[i1] - gr[i], 1.0), 0.0)[:, None]
+    fc = np.where(j1 > j, (c - gc[j]) / np.where(j1 > j, gc[j1] - gc[j], 1.0), 0.0)[None, :]
+    top = grid[i][:, j] * (1 - fc) + grid[i][:, j1] * fc
+    bottom = grid[i1][:, j] * (1 - fc) + grid[i1][:, j1] * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def _source_window(
+    ds: rasterio.io.DatasetReader, sx: np.ndarray, sy: np.ndarray, cols: int, rows: int
+) -> tuple[Window | None, float]:
+    """The dataset window covering the source coordinates, and the decimation factor."""
+    margin = 3
+    x0 = max(int(np.floor(sx.min())) - margin, 0)
+    y0 = max(int(np.floor(sy.min())) - margin, 0)
+    x1 = min(int(np.ceil(sx.max())) + margin, ds.width)
+    y1 = min(int(np.ceil(sy.max())) + margin, ds.height)
+    if x1 <= x0 or y1 <= y0:
+        return None, 1.0
+    # source pixels per output pixel, from the local Jacobian
+    dx = np.hypot(np.diff(sx, axis=1), np.diff(sy, axis=1)) if cols > 1 else np.ones(1)
+    dy = np.hypot(np.diff(sx, axis=0), np.diff(sy, axis=0)) if rows > 1 else np.ones(1)
+    ratio = float(min(np.median(dx), np.median(dy)))
+    factor = float(np.floor(ratio)) if ratio >= 2.0 else 1.0
+    return Window(x0, y0, x1 - x0, y1 - y0), factor
+
+
+def _read_window(
+    ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    decimated = out_shape != (window.height, window.width)
+    try:
+        data = ds.read(
+            list(bands), window=window, out_shape=(len(bands), *out_shape),
+            resampling=Resampling.average if decimated else Resampling.nearest,
+        )
+        mask = ds.read_masks(
+            bands[0], window=window, out_shape=out_shape, resampling=Resampling.nearest
+        )
+    except RasterioError as exc:
+        raise InputError(f"{ds.name}: cannot read pixels ({str(exc).splitlines()[0]})") from exc
+    if np.iscomplexobj(data):
+        data = np.abs(data)
+    data = data.astype(np.float32, copy=False)
+    valid = (mask > 0) & np.isfinite(data).all(axis=0)
+    return data, valid

@@ -1,0 +1,154 @@
+"""Writing outputs: atomically, block-wise, never over an existing file unless asked."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from dmreg.errors import OutputExistsError, UsageError
+from dmreg.io.sampling import CoordFn, sample_onto_grid
+
+BLOCK = 512
+DEFAULT_CREATION_OPTIONS = {
+    "tiled": "YES", "blockxsize": str(BLOCK), "blockysize": str(BLOCK),
+    "compress": "DEFLATE", "bigtiff": "IF_SAFER",
+}
+
+
+def check_output(path: str | Path | None, overwrite: bool, inputs: tuple[str | Path, ...] = ()) -> None:
+    """Refuse an existing output without ``overwrite``, and any output that is an input."""
+    if path is None:
+        return
+    p = Path(path)
+    for src in inputs:
+        if p.exists() and Path(src).exists() and p.resolve() == Path(src).resolve():
+            raise UsageError(f"{p}: the output would replace an input; choose another path")
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{p} exists; pass --overwrite to replace it")
+    if not p.parent.exists():
+        raise UsageError(f"{p.parent}: output folder does not exist")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success."""
+    target = Path(path)
+    check_output(target, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".dmreg-tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if target.exists() and not overwrite:
+            raise OutputExistsError(f"{target} appeared while writing; pass --overwrite to replace it")
+        os.replace(tmp_path, target)
+    finally:
+        for leftover in (tmp_path, Path(f"{tmp_path}.aux.xml")):
+            leftover.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str, overwrite: bool) -> None:
+    with atomic_path(path, overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def creation_profile(dtype: str, overrides: dict[str, str]) -> dict[str, str]:
+    """Tiled, DEFLATE-compressed GeoTIFF options with a predictor suited to ``dtype``,
+    then the user's ``--co`` on top."""
+    profile = dict(DEFAULT_CREATION_OPTIONS)
+    kind = np.dtype(dtype).kind
+    profile["predictor"] = "3" if kind == "f" else "2" if kind in "iu" else "1"
+    profile.update({k.lower(): v for k, v in overrides.items()})
+    return profile
+
+
+def output_dtype(src_dtype: str) -> str:
+    """Complex SAR is written as amplitude (float32): interpolating phase is meaningless."""
+    return "float32" if np.dtype(src_dtype).kind == "c" else src_dtype
+
+
+def write_resampled(src: rasterio.io.DatasetReader, dst_path: str | Path, *, dst_crs: CRS | None,
+                    dst_transform: Affine, dst_size: tuple[int, int], dst_coords: CoordFn,
+                    resampling: Resampling, nodata: float | None, creation_options: dict[str, str],
+                    overwrite: bool) -> None:
+    """Resample every band of ``src`` onto a new grid, one 512-pixel block at a time.
+
+    ``dst_coords`` maps output pixel coordinates to source pixel coordinates.
+    """
+    dtype = output_dtype(src.dtypes[0])
+    fill = _fill_value(nodata, dtype)
+    width, height = dst_size
+    bands = list(range(1, src.count + 1))
+    profile = dict(driver="GTiff", width=width, height=height, count=src.count, dtype=dtype,
+                   crs=dst_crs, transform=dst_transform, nodata=fill,
+                   **creation_profile(dtype, creation_options))
+    with atomic_path(dst_path, overwrite) as tmp, _quiet(), rasterio.open(tmp, "w", **profile) as dst:
+        for row in range(0, height, BLOCK):
+            for col in range(0, width, BLOCK):
+                win = Window(col, row, min(BLOCK, width - col), min(BLOCK, height - row))
+                values, valid = sample_onto_grid(
+                    src, bands, lambda x, y, c=col, r=row: dst_coords(x + c, y + r),
+                    (win.height, win.width), resampling,
+                )
+                values[:, ~valid] = fill
+                dst.write(_cast(values, dtype), window=win)
+        _copy_band_metadata(src, dst)
+
+
+def write_copy(src: rasterio.io.DatasetReader, dst_path: str | Path, *, crs: CRS | None,
+               transform: Affine | None, gcps: list[GroundControlPoint] | None,
+               creation_options: dict[str, str], overwrite: bool) -> None:
+    """Copy the pixels unchanged, with new georeferencing: a transform, or GCPs."""
+    profile = dict(driver="GTiff", width=src.width, height=src.height, count=src.count,
+                   dtype=src.dtypes[0], nodata=src.nodata, **creation_profile(src.dtypes[0], creation_options))
+    if transform is not None:
+        profile.update(crs=crs, transform=transform)
+    with atomic_path(dst_path, overwrite) as tmp, _quiet(), rasterio.open(tmp, "w", **profile) as dst:
+        for row in range(0, src.height, BLOCK):
+            for col in range(0, src.width, BLOCK):
+                win = Window(col, row, min(BLOCK, src.width - col), min(BLOCK, src.height - row))
+                dst.write(src.read(window=win), window=win)
+        if gcps is not None:
+            dst.gcps = (gcps, crs)
+        _copy_band_metadata(src, dst)
+
+
+def _copy_band_metadata(src: rasterio.io.DatasetReader, dst: rasterio.io.DatasetWriter) -> None:
+    for i in range(1, src.count + 1):
+        if src.descriptions[i - 1]:
+            dst.set_band_description(i, src.descriptions[i - 1])
+    dst.update_tags(**src.tags())
+
+
+def _fill_value(nodata: float | None, dtype: str) -> float:
+    if nodata is not None:
+        return nodata
+    return float("nan") if np.dtype(dtype).kind == "f" else 0
+
+
+def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return np.clip(np.rint(values), info.min, info.max).astype(dt)
+    return values.astype(dt)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield

@@ -1,0 +1,83 @@
+"""The aligned raster: the moving raster on the reference grid, on its own grid, or
+copied unresampled with corrected georeferencing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from affine import Affine
+from rasterio.control import GroundControlPoint
+from rasterio.enums import Resampling
+
+from dmreg.io.raster import open_raster
+from dmreg.io.writing import write_copy, write_resampled
+
+if TYPE_CHECKING:
+    from dmreg.pipeline import RegistrationResult
+
+GRIDS = ("reference", "moving")
+AFFINE_KINDS = ("translation", "similarity", "affine")
+
+
+def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "reference",
+                  resample: bool = True, resampling: Resampling = Resampling.bilinear,
+                  nodata: float | None = None, creation_options: dict[str, str] | None = None,
+                  overwrite: bool = False) -> None:
+    """Write the co-registered moving raster (all bands) to ``path``.
+
+    ``grid="reference"``: same CRS, transform and size as the reference. ``grid="moving"``:
+    the moving raster's own CRS, resolution and extent, content moved to where it belongs.
+    ``resample=False``: pixels copied untouched, georeferencing replaced by the corrected
+    geotransform (affine-family models, same CRS) or by GCPs (other models).
+    """
+    co = creation_options or {}
+    ref, mov, mapping = result.ref, result.mov, result.mapping
+    with open_raster(mov.path) as src:
+        if not resample:
+            transform, gcps = corrected_georeferencing(result)
+            write_copy(src, path, crs=ref.crs, transform=transform, gcps=gcps,
+                       creation_options=co, overwrite=overwrite)
+            return
+        fill = nodata if nodata is not None else mov.nodata
+        if grid == "reference":
+            write_resampled(src, path, dst_crs=ref.crs, dst_transform=ref.transform,
+                            dst_size=(ref.width, ref.height), dst_coords=mapping.inverse,
+                            resampling=resampling, nodata=fill, creation_options=co, overwrite=overwrite)
+        else:
+            def coords(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                return mapping.inverse(*result.georef.apply(x, y))
+
+            write_resampled(src, path, dst_crs=mov.crs, dst_transform=mov.transform,
+                            dst_size=(mov.width, mov.height), dst_coords=coords,
+                            resampling=resampling, nodata=fill, creation_options=co, overwrite=overwrite)
+
+
+def corrected_georeferencing(result: RegistrationResult) -> tuple[Affine | None, list[GroundControlPoint] | None]:
+    """(geotransform, None) when the corrected mapping is affine, else (None, GCPs).
+
+    The geotransform maps moving pixels straight to reference map coordinates, so the
+    unresampled copy is in the reference CRS. GCPs (a 20 x 20 grid, exact on the model)
+    carry the other models; GDAL warps them with a polynomial or thin-plate spline.
+    """
+    matrix = pixel_matrix(result)
+    if result.correction.kind in AFFINE_KINDS and result.georef.same_crs and matrix is not None:
+        m = np.asarray(matrix)
+        return result.ref.transform * Affine(*m[0], *m[1]), None
+    xs, ys = np.meshgrid(np.linspace(0, result.mov.width, 20), np.linspace(0, result.mov.height, 20))
+    rx, ry = result.mapping.apply(xs.ravel(), ys.ravel())
+    mx, my = result.ref.transform * (rx, ry)
+    gcps = [GroundControlPoint(row=float(r), col=float(c), x=float(x), y=float(y), id=str(i))
+            for i, (c, r, x, y) in enumerate(zip(xs.ravel(), ys.ravel(), mx, my))]
+    return None, gcps
+
+
+def pixel_matrix(result: RegistrationResult) -> list[list[float]] | None:
+    """Moving pixel -> reference pixel as a 3x3 matrix, when the mapping is one."""
+    georef = result.georef.affine
+    if result.correction.matrix is None or georef is None:
+        return None
+    g = np.array([[georef.a, georef.b, georef.c], [georef.d, georef.e, georef.f], [0, 0, 1.0]])
+    m = result.correction.matrix @ g
+    return (m / m[2, 2]).tolist()

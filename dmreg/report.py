@@ -1,0 +1,128 @@
+"""Report JSON (schema dmreg.report/1) and tie points as GeoJSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dmreg import __version__
+from dmreg.errors import DmregError
+from dmreg.io.raster import RasterInfo
+from dmreg.output import pixel_matrix
+
+if TYPE_CHECKING:
+    from dmreg.pipeline import RegistrationResult
+
+SCHEMA = "dmreg.report/1"
+CHECK_GRID_SIZE = 10
+
+
+def raster_entry(path: str, info: RasterInfo | None) -> dict:
+    if info is None:
+        return {"path": str(path), "crs": None, "transform": None, "width": None, "height": None}
+    return {
+        "path": str(path),
+        "crs": _crs_string(info),
+        "transform": list(info.transform)[:6],
+        "width": info.width,
+        "height": info.height,
+    }
+
+
+def check_grid(result: RegistrationResult, n: int = CHECK_GRID_SIZE) -> list[list[float]]:
+    """The corrected mapping evaluated on an n x n grid of moving pixel centres."""
+    xs, ys = np.meshgrid(np.linspace(0.5, result.mov.width - 0.5, n), np.linspace(0.5, result.mov.height - 0.5, n))
+    rx, ry = result.mapping.apply(xs.ravel(), ys.ravel())
+    return [[float(a), float(b), float(c), float(d)] for a, b, c, d in zip(xs.ravel(), ys.ravel(), rx, ry)]
+
+
+def build_report(result: RegistrationResult, ref_path: str, mov_path: str) -> dict:
+    """The report of a successful registration."""
+    matrix = pixel_matrix(result)
+    sel = result.selected
+    return {
+        "schema": SCHEMA,
+        "dmreg_version": __version__,
+        "status": "ok",
+        "reference": raster_entry(ref_path, result.ref),
+        "moving": raster_entry(mov_path, result.mov),
+        "matcher": result.matcher,
+        "model": {
+            "type": sel.kind,
+            "pixel_matrix": matrix,
+            "check_grid": check_grid(result),
+            "correction": sel.transform.as_dict(),
+            "same_crs": result.georef.same_crs,
+        },
+        "quality": {
+            "tiles": result.tiles,
+            "tiles_matched": result.tiles_matched,
+            "matches": len(result.matches),
+            "inliers": sel.n_inliers,
+            "rmse_px": _round(sel.rmse_px),
+            "ce90_px": _round(sel.ce90_px),
+        },
+        "models": {k: {**f.summary(), "bic": _round(result.bic.get(k))} for k, f in result.fits.items()},
+        "coarse": result.coarse,
+        "warnings": result.warnings,
+        "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+    }
+
+
+def build_failure_report(ref_path: str, mov_path: str, error: DmregError,
+                         ref: RasterInfo | None = None, mov: RasterInfo | None = None) -> dict:
+    """The report of a failed run: same keys where known, and the error."""
+    return {
+        "schema": SCHEMA,
+        "dmreg_version": __version__,
+        "status": "failed",
+        "error": {"code": error.exit_code, "type": type(error).__name__, "message": str(error)},
+        "reference": raster_entry(ref_path, ref),
+        "moving": raster_entry(mov_path, mov),
+    }
+
+
+def tie_points_geojson(result: RegistrationResult) -> dict:
+    """Every match as a point at its reference location (reference CRS, or reference
+    pixels when not georeferenced), with residual and inlier flag."""
+    m = result.matches
+    residual = result.residuals_px()
+    inlier = result.selected.inliers
+    mx, my = result.ref.transform * (m.ref_px[:, 0], m.ref_px[:, 1])
+    features = []
+    for i in range(len(m)):
+        features.append({
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [float(mx[i]), float(my[i])]},
+            "properties": {
+                "ref_x": float(m.ref_px[i, 0]), "ref_y": float(m.ref_px[i, 1]),
+                "mov_x": float(m.mov_px[i, 0]), "mov_y": float(m.mov_px[i, 1]),
+                "residual_px": float(residual[i]), "inlier": bool(inlier[i]),
+                "confidence": float(m.confidence[i]), "tile": int(m.tile[i]),
+            },
+        })
+    collection = {"type": "FeatureCollection", "features": features}
+    crs = _crs_string(result.ref)
+    if crs:
+        collection["crs"] = {"type": "name", "properties": {"name": crs}}
+    return collection
+
+
+def to_json(obj: dict) -> str:
+    return json.dumps(obj, indent=2, allow_nan=False) + "\n"
+
+
+def _crs_string(info: RasterInfo) -> str | None:
+    if info.crs is None:
+        return None
+    epsg = info.crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else info.crs.to_wkt()
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
