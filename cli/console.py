@@ -31,7 +31,7 @@ def exit_codes(debug: bool) -> Iterator[None]:
     except DmregError as exc:
         if debug:
             stderr.print_exception()
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]")
@@ -41,5 +41,5 @@ def exit_codes(debug: bool) -> Iterator[None]:
             stderr.print_exception()
         else:
             stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-                         highlight=False)
+                         highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

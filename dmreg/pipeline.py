@@ -26,7 +26,7 @@ from dmreg.estimate.robust import ModelFit, fit_all, select_model
 from dmreg.geometry.footprint import overlap_in_reference
 from dmreg.geometry.mapping import CorrectedMapping, GeorefMapping
 from dmreg.geometry.tiling import Grid, grid_over, plan_tiles
-from dmreg.io.raster import RasterInfo, check_readable, describe, open_raster
+from dmreg.io.raster import RasterInfo, check_readable, describe, gdal_env, open_raster
 from dmreg.io.sampling import SUPPORTED_RESAMPLING, normalise_contrast, sample_onto_grid
 from dmreg.io.writing import check_output, write_text
 from dmreg.matchers import Matcher, TilePair, get_matcher
@@ -128,6 +128,12 @@ class RegistrationResult:
 def estimate(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOptions(),
              matcher: Matcher | None = None, progress: ProgressFn | None = None) -> RegistrationResult:
     """Estimate the mapping from the moving raster to the reference; writes nothing."""
+    with gdal_env():
+        return _estimate(ref_path, mov_path, options, matcher, progress)
+
+
+def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: Matcher | None,
+              progress: ProgressFn | None) -> RegistrationResult:
     t_start = time.perf_counter()
     timings = {"read": 0.0, "match": 0.0, "fit": 0.0}
     matcher = matcher or get_matcher(options.matcher)
@@ -352,14 +358,16 @@ def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOp
         result = estimate(ref_path, mov_path, options, matcher=matcher, progress=progress)
     except DmregError as error:
         if outputs.report and not isinstance(error, OutputExistsError):
-            write_text(outputs.report, to_json(build_failure_report(ref_path, mov_path, error)),
-                       outputs.overwrite)
+            report = build_failure_report(ref_path, mov_path, error, _info_or_none(ref_path, options.ref_band),
+                                          _info_or_none(mov_path, options.mov_band))
+            write_text(outputs.report, to_json(report), outputs.overwrite)
         raise
     t = time.perf_counter()
     if outputs.raster:
-        write_aligned(result, outputs.raster, grid=outputs.grid, resample=outputs.resample,
-                      resampling=outputs.resampling, nodata=outputs.nodata,
-                      creation_options=outputs.creation_options, overwrite=outputs.overwrite)
+        with gdal_env():
+            write_aligned(result, outputs.raster, grid=outputs.grid, resample=outputs.resample,
+                          resampling=outputs.resampling, nodata=outputs.nodata,
+                          creation_options=outputs.creation_options, overwrite=outputs.overwrite)
     if outputs.tiepoints:
         write_text(outputs.tiepoints, to_json(tie_points_geojson(result)), outputs.overwrite)
     result.timings_s["write"] = time.perf_counter() - t
@@ -367,3 +375,12 @@ def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOp
     if outputs.report:
         write_text(outputs.report, to_json(build_report(result, ref_path, mov_path)), outputs.overwrite)
     return result
+
+
+def _info_or_none(path: str, band: int) -> RasterInfo | None:
+    """Describe a raster for a failure report, or None if it cannot even be opened."""
+    try:
+        with open_raster(path, band) as ds:
+            return describe(ds)
+    except DmregError:
+        return None

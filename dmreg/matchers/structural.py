@@ -52,8 +52,10 @@ class StructuralMatcher:
 
     def _match_templates(self, pair: TilePair, ref_d: np.ndarray, mov_d: np.ndarray,
                          shift: np.ndarray, radius: int) -> TileMatches:
-        h = self.template_radius
         rows, cols = pair.mov.shape
+        # small tiles get smaller templates on a denser grid, so they still yield matches
+        h = min(self.template_radius, max(6, min(rows, cols) // 6))
+        step = min(self.step, max(6, min(rows, cols) // 8))
         size = 2 * h + 1
         n = float(size * size)
         texture = cv2.boxFilter(gradient_energy(pair.mov), -1, (size, size), normalize=True)
@@ -62,8 +64,8 @@ class StructuralMatcher:
         sum1, sum2 = _integrals(ref_d)
 
         ref_pts, mov_pts, conf = [], [], []
-        for y in range(h, rows - h, self.step):
-            for x in range(h, cols - h, self.step):
+        for y in range(h, rows - h, step):
+            for x in range(h, cols - h, step):
                 cx, cy = x + shift[0], y + shift[1]  # expected centre in ref
                 x0, y0 = cx - h - radius, cy - h - radius
                 x1, y1 = cx + h + radius + 1, cy + h + radius + 1
