@@ -55,9 +55,10 @@ def ransac(kind: str, src: np.ndarray, dst: np.ndarray, threshold: float,
         it += 1
         sample = rng.choice(n, size=k, replace=False, p=p)
         try:
-            model = fit(kind, src[sample], dst[sample])
-            r = residuals(model, src, dst)
-        except (np.linalg.LinAlgError, ValueError, FloatingPointError):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # degenerate samples
+                model = fit(kind, src[sample], dst[sample])
+                r = residuals(model, src, dst)
+        except (np.linalg.LinAlgError, ValueError):
             continue
         if not np.all(np.isfinite(r)):
             continue
