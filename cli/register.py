@@ -60,6 +60,8 @@ def register_command(
     with exit_codes(debug):
         if output is None and not dry_run and report is None and tiepoints is None:
             raise UsageError("nothing to write: give -o/--output, --report or --tiepoints (or --dry-run)")
+        if no_resample and grid != "reference":
+            raise UsageError("--no-resample keeps the moving pixels as they are: it cannot be combined with --grid")
         if resampling not in ("nearest", "bilinear", "cubic", "lanczos"):
             raise UsageError(f"unknown resampling {resampling!r}; choose nearest, bilinear, cubic or lanczos")
         for flag, value in (("--ref-modality", ref_modality), ("--mov-modality", mov_modality)):
