@@ -12,6 +12,7 @@ from rasterio.control import GroundControlPoint
 from rasterio.enums import Resampling
 
 from dmreg.io.raster import open_raster
+from dmreg.geometry.mapping import apply_affine
 from dmreg.io.writing import write_copy, write_resampled
 
 if TYPE_CHECKING:
@@ -64,10 +65,10 @@ def corrected_georeferencing(result: RegistrationResult) -> tuple[Affine | None,
     matrix = pixel_matrix(result)
     if result.correction.kind in AFFINE_KINDS and result.georef.same_crs and matrix is not None:
         m = np.asarray(matrix)
-        return result.ref.transform * Affine(*m[0], *m[1]), None
+        return result.ref.transform @ Affine(*m[0], *m[1]), None
     xs, ys = np.meshgrid(np.linspace(0, result.mov.width, 20), np.linspace(0, result.mov.height, 20))
     rx, ry = result.mapping.apply(xs.ravel(), ys.ravel())
-    mx, my = result.ref.transform * (rx, ry)
+    mx, my = apply_affine(result.ref.transform, rx, ry)
     gcps = [GroundControlPoint(row=float(r), col=float(c), x=float(x), y=float(y), id=str(i))
             for i, (c, r, x, y) in enumerate(zip(xs.ravel(), ys.ravel(), mx, my))]
     return None, gcps

@@ -10,6 +10,7 @@ import numpy as np
 
 from dmreg import __version__
 from dmreg.errors import DmregError
+from dmreg.geometry.mapping import apply_affine
 from dmreg.io.raster import RasterInfo
 from dmreg.output import pixel_matrix
 
@@ -91,7 +92,7 @@ def tie_points_geojson(result: RegistrationResult) -> dict:
     m = result.matches
     residual = result.residuals_px()
     inlier = result.selected.inliers
-    mx, my = result.ref.transform * (m.ref_px[:, 0], m.ref_px[:, 1])
+    mx, my = apply_affine(result.ref.transform, m.ref_px[:, 0], m.ref_px[:, 1])
     features = []
     for i in range(len(m)):
         features.append({

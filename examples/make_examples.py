@@ -19,7 +19,7 @@ OFFSET_PX = (15.0, -9.5)  # about 430 m east and 270 m north at 28.5 m pixels
 
 def main() -> None:
     with rasterio.open(HERE / "L7_ETMs.tif") as src:
-        profile = src.profile | {"count": 1, "transform": src.transform * Affine.translation(*OFFSET_PX)}
+        profile = src.profile | {"count": 1, "transform": src.transform @ Affine.translation(*OFFSET_PX)}
         swir2 = src.read(6)
     with rasterio.open(HERE / "L7_SWIR2_offset.tif", "w", **profile) as dst:
         dst.write(swir2, 1)

@@ -90,9 +90,11 @@ def fit(kind: str, src: np.ndarray, dst: np.ndarray) -> Transform:
         raise ValueError(f"{kind} needs at least {MIN_SAMPLES[kind]} points, got {len(src)}")
     if kind == "polynomial2":
         return _fit_polynomial2(src, dst)
+    if kind == "translation":  # separate src/dst normalisers would add a scale
+        return Transform(kind, matrix=_fit_translation(src, dst))
     ts, td = _normaliser(src), _normaliser(dst)
     a, b = _apply_h(ts, src), _apply_h(td, dst)
-    m = {"translation": _fit_translation, "similarity": _fit_similarity,
+    m = {"similarity": _fit_similarity,
          "affine": _fit_affine, "homography": _fit_homography}[kind](a, b)
     full = np.linalg.inv(td) @ m @ ts
     return Transform(kind, matrix=full / full[2, 2])

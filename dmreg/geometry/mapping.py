@@ -48,7 +48,7 @@ class GeorefMapping:
         """The mapping as an affine transform when it is one (same CRS), else None."""
         if not self.same_crs:
             return None
-        return ~self.ref.transform * self.mov.transform
+        return ~self.ref.transform @ self.mov.transform
 
     def apply(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._map(x, y, self.mov, self.ref)
@@ -62,7 +62,7 @@ class GeorefMapping:
         x = np.asarray(x, np.float64)
         y = np.asarray(y, np.float64)
         if self.same_crs:
-            return apply_affine(~dst.transform * src.transform, x, y)
+            return apply_affine(~dst.transform @ src.transform, x, y)
         mx, my = apply_affine(src.transform, x, y)
         tx, ty = warp_transform(src.crs, dst.crs, mx.ravel(), my.ravel())
         px, py = apply_affine(~dst.transform, np.asarray(tx), np.asarray(ty))

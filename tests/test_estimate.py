@@ -1,0 +1,251 @@
+"""Unit tests of dmreg.estimate: model fits, apply/inverse, RANSAC, model selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dmreg.estimate.models import KINDS, MIN_SAMPLES, Transform, fit, residuals
+from dmreg.estimate.robust import fit_all, ransac, select_model
+
+W, H = 1000.0, 800.0   # a raster-sized domain, pixels
+
+
+def _matrix_transform(kind: str) -> Transform:
+    a = np.deg2rad(2.0)
+    if kind == "translation":
+        m = [[1, 0, 5.5], [0, 1, -3.25], [0, 0, 1]]
+    elif kind == "similarity":
+        s = 1.03
+        m = [[s * np.cos(a), -s * np.sin(a), 12.0], [s * np.sin(a), s * np.cos(a), -7.0], [0, 0, 1]]
+    elif kind == "affine":
+        m = [[1.02, 0.015, 4.0], [-0.01, 0.985, 9.0], [0, 0, 1]]
+    elif kind == "homography":
+        m = [[1.01, 0.02, 3.0], [-0.015, 0.99, -6.0], [2e-5, -1.5e-5, 1]]
+    else:
+        raise AssertionError(kind)
+    return Transform(kind, matrix=np.array(m, dtype=float))
+
+
+def true_mapping(kind: str):
+    """A known mapping of each kind as a function of raw pixel coordinates."""
+    if kind == "polynomial2":
+        def f(x, y):
+            x, y = np.asarray(x, float), np.asarray(y, float)
+            return (3.0 + 1.01 * x + 0.02 * y + 2e-5 * x * x - 1e-5 * x * y + 1.5e-5 * y * y,
+                    -4.0 - 0.015 * x + 0.99 * y - 1e-5 * x * x + 2e-5 * x * y + 1e-5 * y * y)
+        return f
+    return _matrix_transform(kind).apply
+
+
+def points(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.column_stack([rng.uniform(0, W, n), rng.uniform(0, H, n)])
+
+
+def apply_pts(f, pts: np.ndarray) -> np.ndarray:
+    x, y = f(pts[:, 0], pts[:, 1])
+    return np.column_stack([x, y])
+
+
+# --- fit, apply, inverse ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fit_recovers_exact_mapping(kind):
+    truth = true_mapping(kind)
+    src = points(40, seed=1)
+    t = fit(kind, src, apply_pts(truth, src))
+    assert t.kind == kind
+    check = points(200, seed=2)   # points not used in the fit
+    assert np.abs(apply_pts(t.apply, check) - apply_pts(truth, check)).max() < 1e-6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_apply_inverse_round_trip(kind):
+    truth = true_mapping(kind)
+    src = points(40, seed=3)
+    t = fit(kind, src, apply_pts(truth, src))
+    p = points(300, seed=4)
+    forward = apply_pts(t.apply, p)
+    assert np.abs(apply_pts(t.inverse, forward) - p).max() < 1e-6
+    assert np.abs(apply_pts(t.apply, apply_pts(t.inverse, p)) - p).max() < 1e-6
+
+
+def test_polynomial2_inverse_is_not_the_linear_part():
+    """The polynomial2 inverse must undo the quadratic terms, not only the linear ones."""
+    truth = true_mapping("polynomial2")
+    src = points(60, seed=5)
+    t = fit("polynomial2", src, apply_pts(truth, src))
+    assert t.matrix is None and t.poly is not None and t.poly.shape == (2, 6)
+    corners = np.array([[0, 0], [W, 0], [0, H], [W, H], [W / 2, H / 2]])
+    mapped = apply_pts(t.apply, corners)
+    # the quadratic part moves the far corner by several pixels, so this is a real test
+    linear = fit("affine", src, apply_pts(truth, src))
+    assert np.abs(apply_pts(linear.apply, corners) - mapped).max() > 2.0
+    assert np.abs(apply_pts(t.inverse, mapped) - corners).max() < 1e-6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_apply_preserves_shape(kind):
+    truth = true_mapping(kind)
+    src = points(40, seed=6)
+    t = fit(kind, src, apply_pts(truth, src))
+    xs, ys = np.meshgrid(np.linspace(0, W, 7), np.linspace(0, H, 5))
+    for fn in (t.apply, t.inverse):
+        x, y = fn(xs, ys)
+        assert x.shape == xs.shape and y.shape == ys.shape
+
+
+@pytest.mark.parametrize("kind", ["translation", "similarity", "affine", "homography"])
+def test_matrix_kinds_have_normalised_matrix(kind):
+    truth = _matrix_transform(kind)
+    src = points(30, seed=7)
+    t = fit(kind, src, apply_pts(truth.apply, src))
+    assert t.matrix.shape == (3, 3)
+    assert t.matrix[2, 2] == pytest.approx(1.0)
+    assert np.allclose(t.matrix, truth.matrix, rtol=1e-6, atol=1e-8)
+    assert t.as_dict() == {"kind": kind, "matrix": t.matrix.tolist()}
+
+
+def test_similarity_fit_has_no_shear():
+    """A similarity fitted to affine data stays a similarity (a = e, b = -d)."""
+    src = points(50, seed=8)
+    t = fit("similarity", src, apply_pts(_matrix_transform("affine").apply, src))
+    m = t.matrix
+    assert m[0, 0] == pytest.approx(m[1, 1]) and m[0, 1] == pytest.approx(-m[1, 0])
+
+
+def test_translation_fit_is_mean_offset():
+    rng = np.random.default_rng(9)
+    src = points(50, seed=9)
+    dst = src + np.array([2.0, -1.0]) + rng.normal(0, 0.3, src.shape)
+    t = fit("translation", src, dst)
+    # a translation has no linear part: exactly the identity, whatever the noise
+    assert np.allclose(t.matrix[:2, :2], np.eye(2), rtol=0, atol=1e-12), f"translation fit has a linear part:\n{t.matrix}"
+    assert t.matrix[:2, 2] == pytest.approx((dst - src).mean(axis=0), abs=1e-9)
+
+
+def test_homography_fit_is_well_conditioned_with_large_coordinates():
+    """Map-sized coordinates (1e5 px) must not break the fit (Hartley normalisation)."""
+    truth = _matrix_transform("homography")
+    src = points(30, seed=10) + 1e5
+    m = truth.matrix.copy()
+    m[2, :2] *= 1e-3   # keep the perspective gentle that far from the origin
+    t_true = Transform("homography", matrix=m)
+    t = fit("homography", src, apply_pts(t_true.apply, src))
+    check = points(50, seed=11) + 1e5
+    assert np.abs(apply_pts(t.apply, check) - apply_pts(t_true.apply, check)).max() < 1e-4
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fit_needs_minimum_samples(kind):
+    src = points(MIN_SAMPLES[kind] - 1, seed=12) if MIN_SAMPLES[kind] > 1 else np.zeros((0, 2))
+    with pytest.raises(ValueError):
+        fit(kind, src, src + 1.0)
+
+
+def test_fit_unknown_kind():
+    with pytest.raises(ValueError, match="unknown model"):
+        fit("spline", points(10), points(10))
+
+
+def test_residuals():
+    t = _matrix_transform("translation")
+    src = np.array([[0.0, 0.0], [10.0, 10.0]])
+    dst = np.array([[5.5, -3.25], [10.0 + 5.5 + 3.0, 10.0 - 3.25 + 4.0]])
+    assert residuals(t, src, dst) == pytest.approx([0.0, 5.0])
+
+
+# --- RANSAC --------------------------------------------------------------------------------------------
+
+def contaminated(kind_or_fn, n: int, outlier_fraction: float, noise: float, seed: int):
+    rng = np.random.default_rng(seed)
+    f = true_mapping(kind_or_fn) if isinstance(kind_or_fn, str) else kind_or_fn
+    src = points(n, seed=seed + 100)
+    dst = apply_pts(f, src) + rng.normal(0, noise, src.shape)
+    outlier = np.zeros(n, bool)
+    outlier[rng.choice(n, int(round(outlier_fraction * n)), replace=False)] = True
+    dst[outlier] = np.column_stack([rng.uniform(0, W, outlier.sum()), rng.uniform(0, H, outlier.sum())])
+    return src, dst, outlier, f
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ransac_recovers_affine_with_30_percent_outliers(seed):
+    src, dst, outlier, truth = contaminated("affine", 200, 0.3, noise=0.2, seed=seed)
+    result = ransac("affine", src, dst, threshold=1.0, seed=seed)
+    assert result is not None and result.kind == "affine"
+    grid = np.column_stack([g.ravel() for g in np.meshgrid(np.linspace(0, W, 11), np.linspace(0, H, 11))])
+    err = np.abs(apply_pts(result.transform.apply, grid) - apply_pts(truth, grid)).max()
+    assert err < 0.15, f"recovered affine is {err:.3f} px off"
+    # the inlier set is the true one (an outlier may land within the threshold by chance)
+    assert (result.inliers & outlier).sum() <= 2
+    assert (~result.inliers & ~outlier).sum() <= 2  # 5 sigma of 0.2 px noise is the threshold
+    assert result.rmse_px == pytest.approx(0.2 * np.sqrt(2), rel=0.3)
+    assert result.rmse_px <= result.ce90_px * 1.5
+
+
+def test_ransac_is_reproducible():
+    src, dst, _, _ = contaminated("affine", 150, 0.3, noise=0.3, seed=5)
+    a = ransac("affine", src, dst, threshold=1.0, seed=7)
+    b = ransac("affine", src, dst, threshold=1.0, seed=7)
+    assert np.array_equal(a.inliers, b.inliers)
+    assert np.array_equal(a.transform.matrix, b.transform.matrix)
+
+
+def test_ransac_with_weights_still_recovers():
+    src, dst, outlier, truth = contaminated("affine", 200, 0.3, noise=0.2, seed=11)
+    weights = np.where(outlier, 0.2, 1.0)
+    result = ransac("affine", src, dst, threshold=1.0, weights=weights)
+    assert (result.inliers & outlier).sum() <= 2
+    assert residuals(result.transform, src[~outlier], apply_pts(truth, src[~outlier])).max() < 0.2
+
+
+def test_ransac_too_few_points():
+    src = points(3)
+    assert ransac("affine", src, src + 1.0, threshold=1.0) is None
+
+
+def test_ransac_polynomial2_with_outliers():
+    src, dst, outlier, truth = contaminated("polynomial2", 200, 0.3, noise=0.2, seed=13)
+    result = ransac("polynomial2", src, dst, threshold=1.0)
+    assert result is not None
+    assert (result.inliers & outlier).sum() <= 2
+    check = points(100, seed=14)
+    assert np.abs(apply_pts(result.transform.apply, check) - apply_pts(truth, check)).max() < 0.3
+
+
+def test_fit_all_covers_every_kind_on_good_data():
+    src, dst, _, _ = contaminated("affine", 120, 0.2, noise=0.2, seed=15)
+    fits = fit_all(src, dst, threshold=1.0)
+    # translation cannot explain a 2 % scale over 1000 px within 1 px: too few inliers
+    assert {"affine", "homography", "polynomial2"} <= set(fits)
+    for kind, f in fits.items():
+        assert f.kind == kind and f.inliers.dtype == bool and len(f.inliers) == len(src)
+
+
+# --- model selection -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_select_model_prefers_translation_for_noisy_translation(seed):
+    f = _matrix_transform("translation").apply
+    src, dst, _, _ = contaminated(f, 150, 0.2, noise=0.4, seed=seed)
+    fits = fit_all(src, dst, threshold=1.5, seed=seed)
+    assert "translation" in fits and len(fits) > 1
+    kind, bic = select_model(fits, src, dst)
+    assert kind == "translation", f"chose {kind}; BIC {bic}"
+    assert bic["translation"] == min(bic.values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_select_model_prefers_affine_for_real_affine(seed):
+    src, dst, _, _ = contaminated("affine", 150, 0.2, noise=0.3, seed=seed)
+    fits = fit_all(src, dst, threshold=1.5, seed=seed)
+    kind, bic = select_model(fits, src, dst)
+    assert kind == "affine", f"chose {kind}; BIC {bic}"
+
+
+def test_select_model_prefers_polynomial2_for_real_warp():
+    src, dst, _, _ = contaminated("polynomial2", 200, 0.2, noise=0.2, seed=21)
+    fits = fit_all(src, dst, threshold=1.5)
+    kind, _ = select_model(fits, src, dst)
+    assert kind == "polynomial2"

@@ -1,0 +1,205 @@
+"""dmreg.io.sampling.sample_onto_grid: bounded reads, pixel convention, decimation,
+complex amplitude, nodata masking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+
+from dmreg.io.sampling import sample_onto_grid
+from helpers import write_raster
+
+CRS = "EPSG:32618"
+TRANSFORM = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 4_000_000.0)
+
+
+class ReadSpy:
+    """Wraps a dataset and records every pixel read (window and output shape)."""
+
+    def __init__(self, ds):
+        self._ds = ds
+        self.reads: list[tuple[str, object, object]] = []
+
+    def read(self, *args, **kwargs):
+        self.reads.append(("read", kwargs.get("window"), kwargs.get("out_shape")))
+        return self._ds.read(*args, **kwargs)
+
+    def read_masks(self, *args, **kwargs):
+        self.reads.append(("read_masks", kwargs.get("window"), kwargs.get("out_shape")))
+        return self._ds.read_masks(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._ds, name)
+
+
+def identity(x, y):
+    return x, y
+
+
+def offset(dx, dy):
+    return lambda x, y: (x + dx, y + dy)
+
+
+@pytest.fixture(scope="module")
+def float_raster(tmp_path_factory):
+    """A 2-band float32 raster, 300 x 240, smooth plus noise."""
+    rng = np.random.default_rng(42)
+    rows, cols = 240, 300
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    b1 = (np.sin(xx / 7.0) + np.cos(yy / 5.0) + rng.normal(0, 0.1, (rows, cols))).astype(np.float32)
+    b2 = (xx * 0.5 - yy * 0.25).astype(np.float32)
+    data = np.stack([b1, b2])
+    path = write_raster(tmp_path_factory.mktemp("sampling") / "float.tif", data, crs=CRS, transform=TRANSFORM)
+    return path, data
+
+
+def test_identity_returns_the_pixels(float_raster):
+    path, data = float_raster
+    with rasterio.open(path) as ds:
+        values, valid = sample_onto_grid(ds, [1, 2], identity, data.shape[1:])
+    assert values.dtype == np.float32 and values.shape == data.shape
+    assert valid.shape == data.shape[1:] and valid.all()
+    assert np.allclose(values, data, atol=1e-5)
+
+
+def test_integer_offset_reads_only_a_bounded_window(float_raster):
+    path, data = float_raster
+    rows, cols = 20, 30
+    with rasterio.open(path) as ds:
+        spy = ReadSpy(ds)
+        values, valid = sample_onto_grid(spy, [1], offset(100, 50), (rows, cols))
+    assert np.allclose(values[0], data[0, 50:50 + rows, 100:100 + cols], atol=1e-5)
+    assert valid.all()
+    assert spy.reads, "nothing was read"
+    for _, window, _ in spy.reads:
+        assert window is not None, "the whole raster was read"
+        # the grid plus a few pixels of margin, never the 300 x 240 raster
+        assert window.width <= cols + 8 and window.height <= rows + 8, window
+        assert 100 - 4 <= window.col_off <= 100 and 50 - 4 <= window.row_off <= 50, window
+    pixels_read = sum(w.width * w.height for _, w, _ in spy.reads)
+    assert pixels_read <= 2 * (cols + 8) * (rows + 8)
+
+
+def test_half_pixel_offset_interpolates_bilinearly(float_raster):
+    """Output pixel centre (c + 0.5) + 0.5 is the corner between source pixels c and c + 1
+    (corner-at-0 convention), so bilinear gives their mean."""
+    path, data = float_raster
+    with rasterio.open(path) as ds:
+        values, valid = sample_onto_grid(ds, [2, 1], offset(0.5, 0.0), (100, 100))
+    expected = 0.5 * (data[1, :100, :100] + data[1, :100, 1:101])
+    assert np.allclose(values[0], expected, atol=1e-3)
+    expected = 0.5 * (data[0, :100, :100] + data[0, :100, 1:101])
+    assert np.allclose(values[1], expected, atol=1e-3)
+    assert valid.all()
+
+
+def test_two_times_decimation_averages_blocks(float_raster):
+    """Output pixels of 2 x 2 source pixels: a decimated (averaged) read, not point sampling."""
+    path, data = float_raster
+    rows, cols = data.shape[1] // 2, data.shape[2] // 2
+    with rasterio.open(path) as ds:
+        spy = ReadSpy(ds)
+        values, valid = sample_onto_grid(spy, [1], lambda x, y: (2 * x, 2 * y), (rows, cols))
+    blocks = data[0].reshape(rows, 2, cols, 2).mean(axis=(1, 3))
+    assert valid.all()
+    assert np.allclose(values[0], blocks, atol=1e-4)
+    # the read itself is decimated: never more output pixels than about the grid's
+    reads = [r for r in spy.reads if r[0] == "read"]
+    assert reads and all(shape is not None and np.prod(shape[-2:]) <= (rows + 4) * (cols + 4)
+                         for _, _, shape in reads)
+
+
+def test_outside_the_raster_is_invalid(float_raster):
+    path, data = float_raster
+    with rasterio.open(path) as ds:
+        values, valid = sample_onto_grid(ds, [1], offset(10_000, 10_000), (16, 16))
+        assert not valid.any()
+        # half in, half out: the left 10 columns fall left of the raster
+        values, valid = sample_onto_grid(ds, [1], offset(-10, 20), (16, 30))
+    assert not valid[:, :10].any()
+    assert valid[:, 11:].all()
+    assert np.allclose(values[0][:, 11:], data[0, 20:36, 1:20], atol=1e-5)
+
+
+def test_complex_is_sampled_as_amplitude(tmp_path):
+    rng = np.random.default_rng(3)
+    amplitude = rng.uniform(1.0, 5.0, (40, 50)).astype(np.float32)
+    phase = rng.uniform(-np.pi, np.pi, (40, 50)).astype(np.float32)
+    data = (amplitude * np.exp(1j * phase)).astype(np.complex64)
+    path = write_raster(tmp_path / "slc.tif", data, crs=CRS, transform=TRANSFORM)
+    with rasterio.open(path) as ds:
+        assert ds.dtypes[0] == "complex64"
+        values, valid = sample_onto_grid(ds, [1], identity, (40, 50))
+    assert values.dtype == np.float32
+    assert valid.all()
+    assert np.allclose(values[0], amplitude, rtol=1e-5)
+
+
+def test_complex_interpolates_amplitude_not_phase(tmp_path):
+    """Halfway between +a and -a the complex mean is 0; the amplitude mean is a."""
+    data = np.ones((16, 16), np.complex64) * 3.0
+    data[:, 1::2] *= -1
+    path = write_raster(tmp_path / "alt.tif", data, crs=CRS, transform=TRANSFORM)
+    with rasterio.open(path) as ds:
+        values, valid = sample_onto_grid(ds, [1], offset(0.5, 0.0), (16, 14))
+    assert valid.all()
+    assert np.allclose(values[0], 3.0, atol=1e-4)
+
+
+@pytest.fixture()
+def nodata_raster(tmp_path):
+    rng = np.random.default_rng(7)
+    data = rng.integers(100, 200, (60, 60)).astype(np.int16)
+    data[20:24, 30:35] = -9999
+    data[45, 10] = -9999
+    return write_raster(tmp_path / "nodata.tif", data, crs=CRS, transform=TRANSFORM, nodata=-9999), data
+
+
+def _far_from(mask: np.ndarray, distance: int) -> np.ndarray:
+    near = np.zeros_like(mask)
+    for r, c in zip(*np.nonzero(mask)):
+        near[max(r - distance, 0):r + distance + 1, max(c - distance, 0):c + distance + 1] = True
+    return ~near
+
+
+def test_nodata_is_masked(nodata_raster):
+    path, data = nodata_raster
+    bad = data == -9999
+    with rasterio.open(path) as ds:
+        values, valid = sample_onto_grid(ds, [1], identity, data.shape)
+    assert not valid[bad].any()
+    assert valid[_far_from(bad, 1)].all()
+    assert np.array_equal(values[0][valid], data[valid].astype(np.float32))
+
+
+def test_nodata_does_not_bleed_into_interpolated_values(nodata_raster):
+    path, data = nodata_raster
+    bad = data == -9999
+    with rasterio.open(path) as ds:
+        values, valid = sample_onto_grid(ds, [1], offset(0.5, 0.5), (59, 59))
+    # every output pixel whose 2 x 2 source neighbourhood touches nodata is invalid ...
+    touches = bad[:-1, :-1] | bad[1:, :-1] | bad[:-1, 1:] | bad[1:, 1:]
+    assert not valid[touches].any()
+    assert valid[~touches].all()
+    # ... and valid values stay within the data range (no -9999 mixed in)
+    assert values[0][valid].min() >= 100 and values[0][valid].max() <= 199
+
+
+def test_nan_is_masked(tmp_path):
+    data = np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
+    data[5, 7] = np.nan
+    path = write_raster(tmp_path / "nan.tif", data, crs=CRS, transform=TRANSFORM)
+    with rasterio.open(path) as ds:
+        values, valid = sample_onto_grid(ds, [1], identity, data.shape)
+    assert not valid[5, 7]
+    assert np.isfinite(values).all()
+    assert valid[_far_from(~np.isfinite(data), 1)].all()
+
+
+def test_unsupported_resampling_is_refused(float_raster):
+    path, _ = float_raster
+    with rasterio.open(path) as ds, pytest.raises(ValueError):
+        sample_onto_grid(ds, [1], identity, (8, 8), resampling=Resampling.mode)
