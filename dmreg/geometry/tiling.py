@@ -27,11 +27,6 @@ class Grid:
     def to_ref(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.x0 + np.asarray(u) * self.scale, self.y0 + np.asarray(v) * self.scale
 
-    def from_ref(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return (np.asarray(x) - self.x0) / self.scale, (np.asarray(y) - self.y0) / self.scale
-
-    def bounds(self) -> tuple[float, float, float, float]:
-        return self.x0, self.y0, self.x0 + self.width * self.scale, self.y0 + self.height * self.scale
 
 
 def grid_over(area: Polygon, max_size: int, min_scale: float = 1.0) -> Grid:

@@ -33,12 +33,6 @@ class RasterInfo:
     def georeferenced(self) -> bool:
         return self.crs is not None
 
-    @property
-    def resolution(self) -> float:
-        """Mean pixel size in CRS units (or 1 for pixel-space images)."""
-        t = self.transform
-        return float((abs(t.a * t.e - t.b * t.d)) ** 0.5)
-
 
 GDAL_CACHE_MB = 256
 """GDAL's block cache defaults to 5% of RAM; bounding it keeps peak memory flat on
