@@ -295,7 +295,8 @@ def _fit(matches: Correspondences, overlap: Polygon, threshold: float,
     if options.model == "auto":
         fits = _drop_unsupported(fits, src, overlap)
     if not fits:
-        raise RegistrationError(f"no {options.model} model is consistent with the {len(matches)} matches")
+        which = "geometric" if options.model == "auto" else options.model
+        raise RegistrationError(f"no {which} model is consistent with the {len(matches)} matches")
     kind, bic = select_model(fits, src, dst) if len(fits) > 1 else (next(iter(fits)), {})
     chosen = fits[kind]
     if chosen.n_inliers < options.min_inliers:

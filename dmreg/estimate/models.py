@@ -145,7 +145,9 @@ def _fit_homography(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         np.column_stack([x, y, o, z, z, z, -u * x, -u * y, -u]),
         np.column_stack([z, z, z, x, y, o, -v * x, -v * y, -v]),
     ])
-    _, _, vt = np.linalg.svd(A)
+    # full V only for minimal samples (8 x 9), where the null vector is the 9th row;
+    # with many points a full SVD would build a 2n x 2n matrix
+    _, _, vt = np.linalg.svd(A, full_matrices=A.shape[0] < A.shape[1])
     h = vt[-1].reshape(3, 3)
     if abs(h[2, 2]) < 1e-12:
         raise np.linalg.LinAlgError("degenerate homography")

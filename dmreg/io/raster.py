@@ -41,7 +41,7 @@ large rasters whatever the machine (decimated reads pass many blocks through it)
 
 def gdal_env() -> rasterio.Env:
     """The GDAL settings every dmreg read and write runs under."""
-    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024)  # rasterio passes bytes
 
 
 def describe(ds: rasterio.io.DatasetReader) -> RasterInfo:
