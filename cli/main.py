@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from .models import models_command
 from .register import register_command
 from dmreg import __version__
 
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("register")(register_command)
+app.command("models")(models_command)
 
 
 def _version(value: bool) -> None:

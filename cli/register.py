@@ -29,6 +29,8 @@ def register_command(
     report: Annotated[Path | None, typer.Option("--report", help="Report JSON (schema dmreg.report/1).")] = None,
     tiepoints: Annotated[Path | None, typer.Option("--tiepoints", help="Tie points as GeoJSON.")] = None,
     matcher: Annotated[str, typer.Option(help=f"Matcher: {', '.join(MATCHERS)}.")] = "structural",
+    weights: Annotated[str | None, typer.Option(help="Learned matcher weights: a shipped name (see `dmreg models`) or a path.")] = None,
+    device: Annotated[str, typer.Option(help="Learned matcher device: auto, cpu, cuda or cuda:N.")] = "auto",
     model: Annotated[str, typer.Option(help=f"auto or one of: {', '.join(KINDS)}.")] = "auto",
     ref_band: Annotated[int, typer.Option(help="Reference band used for matching (1-based).")] = 1,
     mov_band: Annotated[int, typer.Option(help="Moving band used for matching (1-based).")] = 1,
@@ -70,7 +72,7 @@ def register_command(
         if matcher not in MATCHERS:
             raise UsageError(f"unknown matcher {matcher!r}; choose one of: {', '.join(MATCHERS)}")
         options = RegisterOptions(
-            ref_band=ref_band, mov_band=mov_band, matcher=matcher, model=model, tile_size=tile_size,
+            ref_band=ref_band, mov_band=mov_band, matcher=matcher, weights=weights, device=device, model=model, tile_size=tile_size,
             tile_overlap=tile_overlap, max_tiles=max_tiles, max_offset_px=max_offset,
             ransac_threshold_px=ransac_threshold, min_inliers=min_inliers,
             ref_modality=ref_modality, mov_modality=mov_modality,

@@ -47,6 +47,8 @@ class RegisterOptions:
     ref_band: int = 1
     mov_band: int = 1
     matcher: str = "structural"
+    weights: str | None = None        # learned matchers: a shipped name or a path
+    device: str = "auto"              # learned matchers: auto, cpu, cuda, cuda:N
     model: str = "auto"               # auto or one of estimate.models.KINDS
     tile_size: int = 512              # tile side in working pixels
     tile_overlap: int = 32
@@ -136,7 +138,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
               progress: ProgressFn | None) -> RegistrationResult:
     t_start = time.perf_counter()
     timings = {"read": 0.0, "match": 0.0, "fit": 0.0}
-    matcher = matcher or get_matcher(options.matcher)
+    matcher = matcher or get_matcher(options.matcher, options.weights, options.device)
     warnings: list[str] = []
     with open_raster(ref_path, options.ref_band) as ref_ds, open_raster(mov_path, options.mov_band) as mov_ds:
         check_readable(ref_ds, options.ref_band)

@@ -9,18 +9,35 @@ from dmreg.matchers.base import MODALITIES, Matcher, TileMatches, TilePair
 from dmreg.matchers.sift import SiftMatcher
 from dmreg.matchers.structural import StructuralMatcher
 
-MATCHERS: dict[str, Callable[[], Matcher]] = {
-    "structural": StructuralMatcher,
-    "sift": SiftMatcher,
+
+def _distillmatch(weights: str | None, device: str) -> Matcher:
+    try:
+        from dmreg.matchers.distillmatch.matcher import DistillMatchMatcher
+    except ImportError as exc:  # torch is an optional dependency
+        raise UsageError(f"the distillmatch matcher needs PyTorch: pip install 'dmreg[distillmatch]' ({exc})") from exc
+    return DistillMatchMatcher(weights=weights, device=device)
+
+
+MATCHERS: dict[str, Callable[[str | None, str], Matcher]] = {
+    "structural": lambda weights, device: StructuralMatcher(),
+    "sift": lambda weights, device: SiftMatcher(),
+    "distillmatch": _distillmatch,
+}
+MATCHER_DESCRIPTIONS = {
+    "structural": "classical, cross-modal: oriented-gradient templates with multi-channel ZNCC (CPU)",
+    "sift": "classical, same modality only: SIFT, ratio test, mutual check (CPU)",
+    "distillmatch": "learned, cross-modal: DistillMatch student network (CPU or CUDA; needs weights)",
 }
 
 
-def get_matcher(name: str) -> Matcher:
-    """A matcher by name; UsageError listing the valid names otherwise."""
+def get_matcher(name: str, weights: str | None = None, device: str = "auto") -> Matcher:
+    """A matcher by name; UsageError listing the valid names otherwise. ``weights`` and
+    ``device`` matter to learned matchers only."""
     try:
-        return MATCHERS[name]()
+        factory = MATCHERS[name]
     except KeyError:
         raise UsageError(f"unknown matcher {name!r}; choose one of: {', '.join(MATCHERS)}") from None
+    return factory(weights, device)
 
 
-__all__ = ["MATCHERS", "MODALITIES", "Matcher", "TileMatches", "TilePair", "get_matcher"]
+__all__ = ["MATCHERS", "MATCHER_DESCRIPTIONS", "MODALITIES", "Matcher", "TileMatches", "TilePair", "get_matcher"]

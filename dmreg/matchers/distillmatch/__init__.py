@@ -1,0 +1,1 @@
+"""DistillMatch: a light student CNN distilled from a frozen vision foundation model."""
