@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import threading
@@ -37,6 +36,8 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from common import find_dmreg
+
 HERE = Path(__file__).resolve().parent
 SRC_DIR = HERE / "data"
 DATA = HERE / "data" / "large"
@@ -47,16 +48,6 @@ SHIFT = (12.3, -7.6)
 BLOCK = 512
 RSS_LIMIT_MB = 1500.0
 GRID_N = 10
-
-
-def find_dmreg() -> str:
-    exe = Path(sys.executable).with_name("dmreg")
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("dmreg")
-    if not found:
-        sys.exit("bench_large: the dmreg console script is not on PATH nor beside this Python")
-    return found
 
 
 # --------------------------------------------------------------------------- data
@@ -185,7 +176,7 @@ def main() -> int:
     ap.add_argument("extra", nargs="*", help="extra `dmreg register` options (after --)")
     args = ap.parse_args()
 
-    dmreg = find_dmreg()
+    dmreg = find_dmreg("bench_large")
     DATA.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     sources = ensure_sources(["B4", args.band])

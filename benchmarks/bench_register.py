@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +37,8 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import calculate_default_transform, transform as warp_transform
+
+from common import find_dmreg
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples" / "data"
@@ -53,16 +54,6 @@ LT05_B3 = EXAMPLES / "LT05_167055_20000309_B3.tif"
 LT05_B6 = EXAMPLES / "LT05_167055_20000309_B6.tif"
 
 Truth = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def find_dmreg() -> str:
-    exe = Path(sys.executable).with_name("dmreg")
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("dmreg")
-    if not found:
-        sys.exit("bench_register: the dmreg console script is not on PATH nor beside this Python")
-    return found
 
 
 # --------------------------------------------------------------------------- cases
@@ -303,7 +294,7 @@ def main() -> int:
                          "(e.g. structural:translation); default: %(default)s")
     args = ap.parse_args()
 
-    dmreg = find_dmreg()
+    dmreg = find_dmreg("bench_register")
     RESULTS.mkdir(parents=True, exist_ok=True)
     cases = build_cases()
     if args.cases:
