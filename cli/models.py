@@ -32,7 +32,9 @@ def models_command(
         table.add_column(column)
     for w in weights:
         p = w.get("provenance", {})
-        table.add_row(w["name"], w.get("sha256", "")[:12], str(p.get("teacher", "?")), str(p.get("data", "?")),
+        data = p.get("data", "?")
+        table.add_row(w["name"], w.get("sha256", "")[:12], str(p.get("teacher", "?")),
+                      ", ".join(data) if isinstance(data, list) else str(data),
                       str(p.get("steps", "?")), str(p.get("hardware", "?")))
     if not weights:
         table.caption = "none found (distillmatch needs PyTorch and a weights file)"
