@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from dmreg.matchers.distillmatch.config import DistillMatchConfig
 from dmreg.matchers.distillmatch.model import COARSE_STRIDE, DistillMatch
-from dmreg.matchers.distillmatch.weights import save_weights
+from dmreg.matchers.distillmatch.weights import load_model, save_weights
 from dmreg.train.data import HELD_OUT_SCENES, PairDataset, catalogue
 from dmreg.train.losses import (coarse_ground_truth, coarse_loss, distillation_loss, fine_loss, modality_loss,
                                 warp_features)
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--init", default=None, help="start from these DistillMatch weights (name or path)")
     ap.add_argument("--teacher", default="xfeat", help="none, xfeat, or a DINO teacher name (see teacher.TEACHERS)")
     ap.add_argument("--teacher-weights", default=None)
     ap.add_argument("--examples-dir", default=str(REPO / "examples" / "data"))
@@ -97,8 +98,14 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     teacher = build_teacher(args.teacher, args.teacher_weights)
-    conf = DistillMatchConfig(teacher_dim=teacher.dim if teacher is not None else DistillMatchConfig.teacher_dim)
-    model = DistillMatch(conf).to(device).train()
+    if args.init:
+        model, init_card = load_model(args.init)
+        model = model.to(device).train()
+    else:
+        conf = DistillMatchConfig(teacher_dim=teacher.dim if teacher is not None else DistillMatchConfig.teacher_dim)
+        model, init_card = DistillMatch(conf).to(device).train(), None
+    args.init_from = {"name": init_card.name, "sha256": init_card.sha256,
+                      "steps": init_card.provenance.get("steps")} if init_card else None
     if teacher is not None:
         teacher.to(device)
     sources = catalogue(args.examples_dir, args.bench_data_dir)
@@ -139,6 +146,7 @@ def _save(model: DistillMatch, args: argparse.Namespace, dataset: PairDataset, d
     provenance = {
         "teacher": args.teacher if args.teacher != "none" else "none (no distillation)",
         "teacher_weights": Path(args.teacher_weights).name if args.teacher_weights else None,
+        "initialised_from": args.init_from,
         "data": sorted(dataset.scenes),
         "held_out_scenes": list(HELD_OUT_SCENES),
         "steps": step, "batch": args.batch, "crop": args.size, "simulate_prob": args.simulate_prob, "lr": args.lr, "seed": args.seed,
