@@ -13,9 +13,9 @@ The CLI runs in a fresh child process, writing the aligned raster on the referen
 grid; its peak RSS is the child's ru_maxrss (os.wait4). A watchdog kills the child if
 its RSS passes --rss-cap-mb (default 4000 MB), to protect a shared machine.
 
-Usage: /work/venv/bin/python benchmarks/bench_large.py [--regenerate] [--band B2|B3]
+Usage: python benchmarks/bench_large.py [--regenerate] [--band B2|B3]
        [--rss-cap-mb N] [--tag NAME] [-- extra dmreg register options]
-e.g.   /work/venv/bin/python benchmarks/bench_large.py --tag affine -- --model affine
+e.g.   python benchmarks/bench_large.py --tag affine -- --model affine
 """
 
 from __future__ import annotations

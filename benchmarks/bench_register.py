@@ -15,7 +15,7 @@ moving pixel -> reference pixel by dmreg) against the truth, in reference pixels
 Each registration runs the CLI in a fresh child process; its peak memory is that
 child's ru_maxrss (os.wait4), which, unlike tracemalloc, includes GDAL and OpenCV.
 
-Usage: /work/venv/bin/python benchmarks/bench_register.py [--cases a,b] [--matchers structural,sift[,structural:translation]]
+Usage: python benchmarks/bench_register.py [--cases a,b] [--matchers structural,sift[,structural:translation]]
 """
 
 from __future__ import annotations
