@@ -72,8 +72,8 @@ def fine_loss(model: DistillMatch, out: dict, h_0to1: Tensor, gt: tuple[Tensor, 
     if not usable.any():
         return out["fine0"].sum() * 0.0
     b, i0, i1, target = b[usable], i0[usable], i1[usable], target[usable]
-    win0 = fine_windows(out["fine0"], k)[b, i0]
-    win1 = fine_windows(out["fine1"], k)[b, i1]
+    win0 = fine_windows(out["fine0"], k, b, i0)
+    win1 = fine_windows(out["fine1"], k, b, i1)
     offset, _ = refine(win0, win1, k)
     return (centres[i1] + offset - target).norm(dim=-1).mean()
 

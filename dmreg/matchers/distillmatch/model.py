@@ -181,17 +181,29 @@ def mutual_nearest(conf: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tens
     return b, i, j, conf[b, i, j]
 
 
-def fine_windows(fine: Tensor, window: int) -> Tensor:
-    """Fine-feature windows centred on each coarse cell: [B x N x window^2 x Df].
+def fine_windows(fine: Tensor, window: int, batch: Tensor | None = None, cells: Tensor | None = None) -> Tensor:
+    """Fine-feature windows centred on coarse cells: [M x window^2 x Df] for the given
+    (batch, cell) pairs, or [B x N x window^2 x Df] for every cell when none are given.
 
     The window of cell (r, c) is centred on fine pixel (4r + 2, 4c + 2), i.e. on image
-    position (8r + 5, 8c + 5) in the corner convention."""
+    position (8r + 5, 8c + 5) in the corner convention. Only the requested windows are
+    gathered: unfolding whole maps would copy window^2 times the fine features."""
     b, d, hf, wf = fine.shape
     step = COARSE_STRIDE // FINE_STRIDE
     pad = window // 2
-    padded = F.pad(fine, (pad - 2, pad + 2 - 1 + 1, pad - 2, pad + 2 - 1 + 1))
-    cols = F.unfold(padded, kernel_size=window, stride=step)  # B x (D*w*w) x N
-    return cols.view(b, d, window * window, -1).permute(0, 3, 2, 1)
+    grid_w = wf // step
+    if batch is None or cells is None:
+        n = (hf // step) * grid_w
+        batch = torch.arange(b, device=fine.device).repeat_interleave(n)
+        cells = torch.arange(n, device=fine.device).repeat(b)
+        return fine_windows(fine, window, batch, cells).view(b, n, window * window, d)
+    # window of cell (r, c) spans fine rows 4r + 2 - pad ... 4r + 2 + pad: pad so all are inside
+    padded = F.pad(fine, (pad, pad, pad, pad))
+    offsets = torch.arange(window, device=fine.device)
+    rows = (cells // grid_w * step + 2)[:, None] + offsets  # padded coords: +pad -pad cancel
+    cols = (cells % grid_w * step + 2)[:, None] + offsets
+    picked = padded[batch[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # M x k x k x D
+    return picked.reshape(len(cells), window * window, d)
 
 
 def window_centres(h: int, w: int, device: torch.device) -> Tensor:
@@ -284,8 +296,8 @@ class DistillMatch(nn.Module):
 
     def refine_pairs(self, out: dict, b_ids: Tensor, i_ids: Tensor, j_ids: Tensor) -> tuple[Tensor, Tensor]:
         k = self.conf.fine_window
-        win0 = fine_windows(out["fine0"], k)[b_ids, i_ids]
-        win1 = fine_windows(out["fine1"], k)[b_ids, j_ids]
+        win0 = fine_windows(out["fine0"], k, b_ids, i_ids)
+        win1 = fine_windows(out["fine1"], k, b_ids, j_ids)
         return refine(win0, win1, k)
 
 
