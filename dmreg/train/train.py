@@ -158,7 +158,7 @@ def _save(model: DistillMatch, args: argparse.Namespace, dataset: PairDataset, d
     }
     card = save_weights(model.eval(), args.out, provenance)
     model.train()
-    Path(f"{Path(args.out).with_suffix('')}.trainlog").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
+    (card.tensors.parent / f"{card.name}.trainlog").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
     print(f"step {step}: wrote {card.tensors} (sha256 {card.sha256[:12]})", flush=True)
 
 
