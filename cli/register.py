@@ -69,8 +69,6 @@ def register_command(
         for flag, value in (("--ref-modality", ref_modality), ("--mov-modality", mov_modality)):
             if value is not None and value not in MODALITIES:
                 raise UsageError(f"{flag} {value!r}: choose one of {', '.join(MODALITIES)}")
-        if matcher not in MATCHERS:
-            raise UsageError(f"unknown matcher {matcher!r}; choose one of: {', '.join(MATCHERS)}")
         options = RegisterOptions(
             ref_band=ref_band, mov_band=mov_band, matcher=matcher, weights=weights, device=device, model=model, tile_size=tile_size,
             tile_overlap=tile_overlap, max_tiles=max_tiles, max_offset_px=max_offset,

@@ -20,14 +20,19 @@ def warp_points(h: Tensor, pts: Tensor) -> Tensor:
     return p[..., :2] / p[..., 2:].clamp(min=1e-8)
 
 
+def cell_centres(h: int, w: int, device: torch.device) -> Tensor:
+    """Image position [N x 2] (x, y) of each coarse cell's centre (8c + 4): one pixel
+    before the refinement window's centre, which sits on a whole fine pixel."""
+    return window_centres(h, w, device) - 1.0
+
+
 def coarse_ground_truth(h_0to1: Tensor, valid0: Tensor, valid1: Tensor, grid_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     """(batch, cell0, cell1) for every valid image0 cell whose centre lands on a valid
     image1 pixel: the cell pairs the coarse level must find."""
     gh, gw = grid_hw
     b = h_0to1.shape[0]
     cells0, cells1 = cell_validity(valid0, gh, gw), cell_validity(valid1, gh, gw)
-    ys, xs = torch.meshgrid(torch.arange(gh, device=h_0to1.device), torch.arange(gw, device=h_0to1.device), indexing="ij")
-    centres = (torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * COARSE_STRIDE
+    centres = cell_centres(gh, gw, h_0to1.device)
     warped = warp_points(h_0to1, centres.expand(b, -1, -1))
     hgt, wid = valid1.shape[-2:]
     col1, row1 = warped[..., 0].floor().long(), warped[..., 1].floor().long()
@@ -97,8 +102,7 @@ def warp_features(feat: Tensor, h_0to1: Tensor, out_hw: tuple[int, int], stride:
     other modality too: the same ground should get the same semantic feature."""
     b = feat.shape[0]
     oh, ow = out_hw
-    ys, xs = torch.meshgrid(torch.arange(oh, device=feat.device), torch.arange(ow, device=feat.device), indexing="ij")
-    centres1 = (torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * COARSE_STRIDE
+    centres1 = cell_centres(oh, ow, feat.device)
     pts0 = warp_points(torch.linalg.inv(h_0to1), centres1.expand(b, -1, -1))
     fh, fw = feat.shape[-2:]
     grid = torch.stack([pts0[..., 0] / (fw * stride) * 2 - 1, pts0[..., 1] / (fh * stride) * 2 - 1], dim=-1)
