@@ -18,7 +18,9 @@ stderr = Console(stderr=True)
 def configure_logging(quiet: bool, verbose: int) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logger = logging.getLogger("dmreg")
-    logger.handlers[:] = [RichHandler(console=stderr, show_time=False, show_path=False)]
+    console = RichHandler(console=stderr, show_time=False, show_path=False)
+    console.setLevel(level)  # other handlers (a --log-file) may want more than the console
+    logger.handlers[:] = [console]
     logger.setLevel(level)
     logger.propagate = False
 

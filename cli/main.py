@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from .batch import batch_command
 from .models import models_command
 from .register import register_command
+from .report import report_command
 from dmreg import __version__
 
 app = typer.Typer(
@@ -16,6 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("register")(register_command)
+app.command("batch")(batch_command)
+app.command("report")(report_command)
 app.command("models")(models_command)
 
 

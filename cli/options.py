@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rasterio.enums import Resampling
 
 from dmreg.errors import UsageError
+from dmreg.estimate.models import KINDS
+from dmreg.matchers import MATCHERS, MODALITIES
+from dmreg.pipeline import OutputOptions, RegisterOptions
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only (for cron).")]
@@ -16,6 +20,36 @@ CreationOptions = Annotated[
     list[str] | None,
     typer.Option("--co", metavar="NAME=VALUE", help="GeoTIFF creation option, repeatable (e.g. --co COMPRESS=ZSTD)."),
 ]
+
+# how to register: `dmreg register` and `dmreg batch` take the same options
+MatcherName = Annotated[str, typer.Option("--matcher", help=f"Matcher: {', '.join(MATCHERS)}.")]
+Weights = Annotated[str | None, typer.Option(
+    "--weights", help="Learned matcher weights: a shipped name (see `dmreg models`) or a path.")]
+Device = Annotated[str, typer.Option("--device", help="Learned matcher device: auto, cpu, cuda or cuda:N.")]
+Model = Annotated[str, typer.Option("--model", help=f"auto or one of: {', '.join(KINDS)}.")]
+RefBand = Annotated[int, typer.Option("--ref-band", help="Reference band used for matching (1-based).")]
+MovBand = Annotated[int, typer.Option("--mov-band", help="Moving band used for matching (1-based).")]
+RefModality = Annotated[str | None, typer.Option("--ref-modality", help=f"Hint: {', '.join(MODALITIES)}.")]
+MovModality = Annotated[str | None, typer.Option("--mov-modality", help=f"Hint: {', '.join(MODALITIES)}.")]
+TileSize = Annotated[int, typer.Option("--tile-size", help="Tile side in pixels.")]
+TileOverlap = Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in pixels.")]
+MaxTiles = Annotated[int, typer.Option("--max-tiles", help="Most tiles matched (evenly spread).")]
+MaxOffset = Annotated[float | None, typer.Option(
+    "--max-offset", help="Largest georeferencing error expected, in reference pixels (default: a quarter of the "
+    "overlap).")]
+RansacThreshold = Annotated[float, typer.Option("--ransac-threshold", help="RANSAC inlier threshold in pixels.")]
+MinInliers = Annotated[int, typer.Option("--min-inliers", help="Fewer inliers than this fails with exit code 5.")]
+# how to write
+GridName = Annotated[str, typer.Option(
+    "--grid", help="Output grid: reference (CRS, transform and size of the reference) or moving (its own, "
+    "corrected).")]
+NoResample = Annotated[bool, typer.Option(
+    "--no-resample", help="Copy pixels untouched with corrected georeferencing (geotransform or GCPs).")]
+ResamplingName = Annotated[str, typer.Option("--resampling", help="nearest, bilinear, cubic or lanczos.")]
+DstNodata = Annotated[float | None, typer.Option(
+    "--dst-nodata", help="Nodata value of the output (default: the moving raster's, else 0 / NaN).")]
+
+RESAMPLING_NAMES = ("nearest", "bilinear", "cubic", "lanczos")
 
 
 def parse_creation_options(items: list[str] | None) -> dict[str, str]:
@@ -27,3 +61,32 @@ def parse_creation_options(items: list[str] | None) -> dict[str, str]:
             raise UsageError(f"--co {item!r}: expected NAME=VALUE")
         out[name.strip().lower()] = value.strip()
     return out
+
+
+def register_options(*, matcher: str, weights: str | None, device: str, model: str, ref_band: int, mov_band: int,
+                     ref_modality: str | None, mov_modality: str | None, tile_size: int, tile_overlap: int,
+                     max_tiles: int, max_offset: float | None, ransac_threshold: float,
+                     min_inliers: int) -> RegisterOptions:
+    """RegisterOptions from command-line values, with the checks the library leaves to the CLI."""
+    for flag, value in (("--ref-modality", ref_modality), ("--mov-modality", mov_modality)):
+        if value is not None and value not in MODALITIES:
+            raise UsageError(f"{flag} {value!r}: choose one of {', '.join(MODALITIES)}")
+    return RegisterOptions(
+        ref_band=ref_band, mov_band=mov_band, matcher=matcher, weights=weights, device=device, model=model,
+        tile_size=tile_size, tile_overlap=tile_overlap, max_tiles=max_tiles, max_offset_px=max_offset,
+        ransac_threshold_px=ransac_threshold, min_inliers=min_inliers,
+        ref_modality=ref_modality, mov_modality=mov_modality,
+    )
+
+
+def output_options(*, grid: str, no_resample: bool, resampling: str, dst_nodata: float | None,
+                   co: list[str] | None, overwrite: bool, raster: str | None = None, report: str | None = None,
+                   tiepoints: str | None = None) -> OutputOptions:
+    """OutputOptions from command-line values (paths may be filled in later, per pair)."""
+    if no_resample and grid != "reference":
+        raise UsageError("--no-resample keeps the moving pixels as they are: it cannot be combined with --grid")
+    if resampling not in RESAMPLING_NAMES:
+        raise UsageError(f"unknown resampling {resampling!r}; choose {', '.join(RESAMPLING_NAMES)}")
+    return OutputOptions(raster=raster, report=report, tiepoints=tiepoints, grid=grid, resample=not no_resample,
+                         resampling=Resampling[resampling], nodata=dst_nodata,
+                         creation_options=parse_creation_options(co), overwrite=overwrite)

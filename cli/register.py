@@ -8,16 +8,16 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rasterio.enums import Resampling
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .console import configure_logging, exit_codes, stderr
-from .options import CreationOptions, Debug, Overwrite, Quiet, Verbose, parse_creation_options
+from .options import (CreationOptions, Debug, Device, DstNodata, GridName, MatcherName, MaxOffset, MaxTiles,
+                      MinInliers, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
+                      RefModality, ResamplingName, TileOverlap, TileSize, Verbose, Weights, output_options,
+                      register_options)
 from dmreg.errors import UsageError
-from dmreg.estimate.models import KINDS
-from dmreg.matchers import MATCHERS, MODALITIES
-from dmreg.pipeline import OutputOptions, RegisterOptions, RegistrationResult, register
+from dmreg.pipeline import RegistrationResult, register
 
 log = logging.getLogger("dmreg")
 
@@ -28,24 +28,24 @@ def register_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Aligned raster (GeoTIFF).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Report JSON (schema dmreg.report/1).")] = None,
     tiepoints: Annotated[Path | None, typer.Option("--tiepoints", help="Tie points as GeoJSON.")] = None,
-    matcher: Annotated[str, typer.Option(help=f"Matcher: {', '.join(MATCHERS)}.")] = "structural",
-    weights: Annotated[str | None, typer.Option(help="Learned matcher weights: a shipped name (see `dmreg models`) or a path.")] = None,
-    device: Annotated[str, typer.Option(help="Learned matcher device: auto, cpu, cuda or cuda:N.")] = "auto",
-    model: Annotated[str, typer.Option(help=f"auto or one of: {', '.join(KINDS)}.")] = "auto",
-    ref_band: Annotated[int, typer.Option(help="Reference band used for matching (1-based).")] = 1,
-    mov_band: Annotated[int, typer.Option(help="Moving band used for matching (1-based).")] = 1,
-    ref_modality: Annotated[str | None, typer.Option(help=f"Hint: {', '.join(MODALITIES)}.")] = None,
-    mov_modality: Annotated[str | None, typer.Option(help=f"Hint: {', '.join(MODALITIES)}.")] = None,
-    tile_size: Annotated[int, typer.Option(help="Tile side in pixels.")] = 512,
-    tile_overlap: Annotated[int, typer.Option(help="Overlap between tiles in pixels.")] = 32,
-    max_tiles: Annotated[int, typer.Option(help="Most tiles matched (evenly spread).")] = 100,
-    max_offset: Annotated[float | None, typer.Option(help="Largest georeferencing error expected, in reference pixels (default: a quarter of the overlap).")] = None,
-    ransac_threshold: Annotated[float, typer.Option(help="RANSAC inlier threshold in pixels.")] = 1.5,
-    min_inliers: Annotated[int, typer.Option(help="Fewer inliers than this fails with exit code 5.")] = 12,
-    grid: Annotated[str, typer.Option(help="Output grid: reference (CRS, transform and size of the reference) or moving (its own, corrected).")] = "reference",
-    no_resample: Annotated[bool, typer.Option("--no-resample", help="Copy pixels untouched with corrected georeferencing (geotransform or GCPs).")] = False,
-    resampling: Annotated[str, typer.Option(help="nearest, bilinear, cubic or lanczos.")] = "bilinear",
-    dst_nodata: Annotated[float | None, typer.Option(help="Nodata value of the output (default: the moving raster's, else 0 / NaN).")] = None,
+    matcher: MatcherName = "structural",
+    weights: Weights = None,
+    device: Device = "auto",
+    model: Model = "auto",
+    ref_band: RefBand = 1,
+    mov_band: MovBand = 1,
+    ref_modality: RefModality = None,
+    mov_modality: MovModality = None,
+    tile_size: TileSize = 512,
+    tile_overlap: TileOverlap = 32,
+    max_tiles: MaxTiles = 100,
+    max_offset: MaxOffset = None,
+    ransac_threshold: RansacThreshold = 1.5,
+    min_inliers: MinInliers = 12,
+    grid: GridName = "reference",
+    no_resample: NoResample = False,
+    resampling: ResamplingName = "bilinear",
+    dst_nodata: DstNodata = None,
     co: CreationOptions = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "--estimate-only", help="Estimate and report; write no raster.")] = False,
     overwrite: Overwrite = False,
@@ -62,25 +62,15 @@ def register_command(
     with exit_codes(debug):
         if output is None and not dry_run and report is None and tiepoints is None:
             raise UsageError("nothing to write: give -o/--output, --report or --tiepoints (or --dry-run)")
-        if no_resample and grid != "reference":
-            raise UsageError("--no-resample keeps the moving pixels as they are: it cannot be combined with --grid")
-        if resampling not in ("nearest", "bilinear", "cubic", "lanczos"):
-            raise UsageError(f"unknown resampling {resampling!r}; choose nearest, bilinear, cubic or lanczos")
-        for flag, value in (("--ref-modality", ref_modality), ("--mov-modality", mov_modality)):
-            if value is not None and value not in MODALITIES:
-                raise UsageError(f"{flag} {value!r}: choose one of {', '.join(MODALITIES)}")
-        options = RegisterOptions(
-            ref_band=ref_band, mov_band=mov_band, matcher=matcher, weights=weights, device=device, model=model, tile_size=tile_size,
-            tile_overlap=tile_overlap, max_tiles=max_tiles, max_offset_px=max_offset,
-            ransac_threshold_px=ransac_threshold, min_inliers=min_inliers,
-            ref_modality=ref_modality, mov_modality=mov_modality,
+        options = register_options(
+            matcher=matcher, weights=weights, device=device, model=model, ref_band=ref_band, mov_band=mov_band,
+            ref_modality=ref_modality, mov_modality=mov_modality, tile_size=tile_size, tile_overlap=tile_overlap,
+            max_tiles=max_tiles, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
         )
-        outputs = OutputOptions(
-            raster=None if dry_run or output is None else str(output),
-            report=str(report) if report else None,
-            tiepoints=str(tiepoints) if tiepoints else None,
-            grid=grid, resample=not no_resample, resampling=Resampling[resampling], nodata=dst_nodata,
-            creation_options=parse_creation_options(co), overwrite=overwrite,
+        outputs = output_options(
+            grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata, co=co,
+            overwrite=overwrite, raster=None if dry_run or output is None else str(output),
+            report=str(report) if report else None, tiepoints=str(tiepoints) if tiepoints else None,
         )
         show_progress = not quiet and stderr.is_terminal
         with Progress(TextColumn("matching tiles"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

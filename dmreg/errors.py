@@ -43,6 +43,15 @@ class OutputExistsError(DmregError, FileExistsError):
     exit_code = 6
 
 
+class LockedError(DmregError, BlockingIOError):
+    """Another `dmreg batch` run is writing to the same output folder."""
+
+    exit_code = 7
+
+
+PAIRS_FAILED = 8
+"""`dmreg batch` exit code when at least one pair failed (each pair's code is in the summary)."""
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     2: "usage error (bad option or option combination)",
@@ -50,4 +59,6 @@ EXIT_CODES: dict[int, str] = {
     4: "the rasters do not overlap",
     5: "registration failed (too few inliers, unstable transform)",
     6: "an output exists and --overwrite was not given",
+    7: "dmreg batch: another run holds the output folder's lock",
+    PAIRS_FAILED: "dmreg batch: one or more pairs failed (their codes are in summary.csv/json)",
 }

@@ -21,6 +21,9 @@ from rasterio.windows import Window
 from dmreg.errors import OutputExistsError, UsageError
 from dmreg.io.sampling import CoordFn, sample_onto_grid
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
+
 BLOCK = 512
 DEFAULT_CREATION_OPTIONS = {
     "tiled": "YES", "blockxsize": str(BLOCK), "blockysize": str(BLOCK),
@@ -54,6 +57,7 @@ def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
         yield tmp_path
         if target.exists() and not overwrite:
             raise OutputExistsError(f"{target} appeared while writing; pass --overwrite to replace it")
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get what the user's umask allows
         os.replace(tmp_path, target)
     finally:
         for leftover in (tmp_path, Path(f"{tmp_path}.aux.xml")):

@@ -1,0 +1,150 @@
+"""`dmreg batch`: register many pairs into one output folder (cron-safe, resumable)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .console import configure_logging, exit_codes, stderr
+from .options import (CreationOptions, Debug, Device, DstNodata, GridName, MatcherName, MaxOffset, MaxTiles,
+                      MinInliers, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
+                      RefModality, ResamplingName, TileOverlap, TileSize, Verbose, Weights, output_options,
+                      register_options)
+from .report import pairs_table
+from dmreg.batch.pairing import Pair, find_rasters, pairs_by_footprint, pairs_from_manifest, pairs_with_reference
+from dmreg.batch.runner import BatchOptions, run_batch
+from dmreg.batch.summary import PairRecord
+from dmreg.errors import PAIRS_FAILED, UsageError
+
+log = logging.getLogger("dmreg")
+
+
+def batch_command(
+    input_dir: Annotated[Path | None, typer.Argument(help="Folder of moving rasters (not with --manifest).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder (created if missing; one run at a time).")] = ...,
+    reference: Annotated[Path | None, typer.Option("--reference", help="One reference for every raster.")] = None,
+    reference_dir: Annotated[Path | None, typer.Option(
+        "--reference-dir", help="Folder of references: each raster gets the one covering most of it.")] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        "--manifest", help="CSV of pairs: reference,moving[,output] (paths relative to the CSV).")] = None,
+    pattern: Annotated[str, typer.Option("--pattern", help="Glob for raster file names in the folders.")] = "*.tif",
+    regex: Annotated[str | None, typer.Option("--regex", help="Only names in which this regex is found.")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", help="Look in sub-folders too.")] = False,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Pairs registered at once (processes).")] = 1,
+    executor: Annotated[str, typer.Option("--executor", help="local (processes here) or dask.")] = "local",
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="Dask scheduler address (tcp://host:8786); default: a local Dask cluster.")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed pair.")] = False,
+    no_qa: Annotated[bool, typer.Option("--no-qa", help="No QA picture per pair.")] = False,
+    log_file: Annotated[Path | None, typer.Option("--log-file", help="Also log every pair to this file.")] = None,
+    matcher: MatcherName = "structural",
+    weights: Weights = None,
+    device: Device = "auto",
+    model: Model = "auto",
+    ref_band: RefBand = 1,
+    mov_band: MovBand = 1,
+    ref_modality: RefModality = None,
+    mov_modality: MovModality = None,
+    tile_size: TileSize = 512,
+    tile_overlap: TileOverlap = 32,
+    max_tiles: MaxTiles = 100,
+    max_offset: MaxOffset = None,
+    ransac_threshold: RansacThreshold = 1.5,
+    min_inliers: MinInliers = 12,
+    grid: GridName = "reference",
+    no_resample: NoResample = False,
+    resampling: ResamplingName = "bilinear",
+    dst_nodata: DstNodata = None,
+    co: CreationOptions = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo pairs that are already complete.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+    debug: Debug = False,
+) -> None:
+    """Register every pair into OUT: per pair NAME.tif, NAME.report.json,
+    NAME.tiepoints.geojson, NAME.qa.png; for the run summary.json and summary.csv.
+
+    A rerun skips complete pairs and redoes partial or failed ones. Exit codes: 0 every
+    pair ok (or already complete), 2 usage, 3 unreadable manifest or folder, 7 another
+    run holds OUT's lock, 8 one or more pairs failed (each pair's code is in the summary).
+    """
+    configure_logging(quiet, verbose)
+    if log_file is not None:
+        _log_to_file(log_file)
+    with exit_codes(debug):
+        options = register_options(
+            matcher=matcher, weights=weights, device=device, model=model, ref_band=ref_band, mov_band=mov_band,
+            ref_modality=ref_modality, mov_modality=mov_modality, tile_size=tile_size, tile_overlap=tile_overlap,
+            max_tiles=max_tiles, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
+        )
+        outputs = output_options(grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata,
+                                 co=co, overwrite=False)
+        batch = BatchOptions(out_dir=out, workers=workers, executor=executor, scheduler=scheduler,
+                             fail_fast=fail_fast, overwrite=overwrite, qa=not no_qa)
+        pairs = _pairs(input_dir, reference, reference_dir, manifest, pattern, regex, recursive, out)
+        if not pairs:
+            log.warning("no pairs to register (nothing in %s matches %r)", input_dir, pattern)
+        log.info("%d pairs, %s executor, %d worker(s), output in %s", len(pairs), executor, workers, out)
+        show_bar = not quiet and stderr.is_terminal
+        with Progress(TextColumn("registering pairs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=stderr, disable=not show_bar, transient=True) as bar:
+            task = bar.add_task("pairs", total=len(pairs))
+
+            def progress(record: PairRecord, done: int, total: int) -> None:
+                bar.update(task, completed=done)
+                _log_pair(record, done, total, echo=not quiet and not show_bar and not verbose)
+
+            result = run_batch(pairs, options, outputs, batch, progress)
+        if not quiet:
+            stderr.print(pairs_table({"pairs": [vars(r) for r in result.records], "counts": result.counts}))
+            stderr.print(f"summary: {result.summary}", highlight=False)
+    if not result.all_ok:
+        raise typer.Exit(PAIRS_FAILED)
+
+
+def _pairs(input_dir: Path | None, reference: Path | None, reference_dir: Path | None, manifest: Path | None,
+           pattern: str, regex: str | None, recursive: bool, out: Path) -> list[Pair]:
+    modes = [flag for flag, value in (("--reference", reference), ("--reference-dir", reference_dir),
+                                      ("--manifest", manifest)) if value is not None]
+    if len(modes) != 1:
+        raise UsageError("give exactly one of --reference, --reference-dir or --manifest")
+    if manifest is not None:
+        if input_dir is not None:
+            raise UsageError("--manifest lists the pairs: give no INPUT_DIR with it")
+        return pairs_from_manifest(manifest)
+    if input_dir is None:
+        raise UsageError("give the folder of moving rasters (INPUT_DIR)")
+    movings = [p for p in find_rasters(input_dir, pattern, regex, recursive) if not _inside(p, out)]
+    if reference is not None:
+        return pairs_with_reference(movings, reference, input_dir)
+    return pairs_by_footprint(movings, reference_dir, pattern, recursive)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Outputs of an earlier run inside the input folder are not inputs."""
+    return folder.resolve() in path.resolve().parents
+
+
+def _log_pair(record: PairRecord, done: int, total: int, echo: bool) -> None:
+    if record.status == "failed":
+        line = f"[{done}/{total}] {record.pair}: failed (exit {record.exit_code}): {record.error}"
+        log.warning(line)  # shown unless -q
+        return
+    rmse = f"{record.rmse_px:.3f} px" if record.rmse_px is not None else "-"
+    line = f"[{done}/{total}] {record.pair}: {record.status}, {record.model}, RMSE {rmse}"
+    log.info(line)  # the log file, and the console with -v
+    if echo:
+        stderr.print(line, highlight=False)
+
+
+def _log_to_file(path: Path) -> None:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("dmreg")
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.level, logging.INFO))

@@ -1,0 +1,1 @@
+"""`dmreg batch`: many registrations, resumable, locked, parallel on one machine or a Dask cluster."""

@@ -1,0 +1,364 @@
+"""QA pictures: one PNG per registered pair, and a contact sheet of a batch run.
+
+RMSE and inlier counts say how well the matches agree with the model, not whether the
+model is right; a checkerboard before and after correction shows that at a glance.
+Figures are drawn with matplotlib's Agg canvas directly (never pyplot), so rendering
+needs no display and is safe in worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from dmreg.geometry.footprint import overlap_in_reference
+from dmreg.geometry.tiling import Grid, grid_over
+from dmreg.io.raster import gdal_env, open_raster
+from dmreg.io.sampling import CoordFn, normalise_contrast, sample_onto_grid
+from dmreg.io.writing import atomic_path
+
+if TYPE_CHECKING:
+    from dmreg.pipeline import RegistrationResult
+
+PREVIEW_SIZE = 700        # longest side of the preview in pixels (never finer than the reference)
+CHECKERS = 8              # checkerboard squares across the longer side
+DPI = 100
+QA_WIDTH_IN = 16.0
+INVALID = (0.55, 0.55, 0.55)      # nodata / outside a raster
+INLIER_COLOUR = "#33bbff"
+OUTLIER_COLOUR = "#ff6a00"
+VECTOR_TARGET = 0.025     # the 90th-percentile inlier vector, drawn, as a fraction of the preview's long side
+
+SHEET_COLUMNS = 4
+SHEET_CELL_IN = 4.0       # width of one contact-sheet cell
+SHEET_CELL_PX = 400       # QA pictures are downscaled to this before drawing: memory stays bounded
+SHEET_CAPTION_IN = 0.8
+SHEET_HEADER_IN = 0.9
+MAX_SHEET_PAIRS = 240     # 60 rows: the sheet stays well under Agg's 65536-pixel limit
+STATUSES = ("ok", "skipped", "failed", "not run")
+STATUS_COLOURS = dict(zip(STATUSES, ("#1a7f37", "#3465a4", "#cf222e", "#6e7781")))
+
+
+@dataclass(frozen=True)
+class QAPreview:
+    """The overlap on one reduced grid in reference space, contrast-stretched to [0, 1]:
+    the reference, and the moving raster through the raw georeferencing (``before``) and
+    through the corrected mapping (``after``), each with its validity mask."""
+
+    grid: Grid
+    ref: np.ndarray
+    ref_ok: np.ndarray
+    before: np.ndarray
+    before_ok: np.ndarray
+    after: np.ndarray
+    after_ok: np.ndarray
+
+
+def read_preview(result: RegistrationResult, *, ref_band: int = 1, mov_band: int = 1,
+                 max_size: int = PREVIEW_SIZE) -> QAPreview:
+    """Sample both rasters over the overlap (before or after correction, whichever is larger
+    covers both) through bounded windows; memory depends on ``max_size`` only."""
+    sizes = (result.mov.width, result.mov.height), (result.ref.width, result.ref.height)
+    area = overlap_in_reference(result.georef, *sizes).union(overlap_in_reference(result.mapping, *sizes))
+    grid = grid_over(area, max_size)
+    with gdal_env(), open_raster(result.ref.path, ref_band) as ref_ds, \
+            open_raster(result.mov.path, mov_band) as mov_ds:
+        ref, ref_ok = _sample(ref_ds, ref_band, grid, lambda x, y: (x, y))
+        before, before_ok = _sample(mov_ds, mov_band, grid, result.georef.inverse)
+        after, after_ok = _sample(mov_ds, mov_band, grid, result.mapping.inverse)
+    return QAPreview(grid, ref, ref_ok, before, before_ok, after, after_ok)
+
+
+def write_qa_picture(result: RegistrationResult, path: str | Path, *, ref_band: int = 1, mov_band: int = 1,
+                     title: str | None = None, overwrite: bool = False) -> None:
+    """Write the QA PNG of one registration: checkerboards before and after correction,
+    tie points with exaggerated residual vectors, and a red/cyan edge blend after correction."""
+    with atomic_path(path, overwrite) as tmp:
+        preview = read_preview(result, ref_band=ref_band, mov_band=mov_band)
+        rows, cols = preview.ref.shape
+        aspect = min(max(rows / cols, 0.3), 1.6)
+        fig = Figure(figsize=(QA_WIDTH_IN, 1.4 + 2 * (QA_WIDTH_IN / 2 - 0.3) * aspect + 1.0), dpi=DPI,
+                     layout="constrained")
+        FigureCanvasAgg(fig)
+        (a, b), (c, d) = fig.subplots(2, 2)
+        checker = _checker_mask(preview.ref.shape)
+        _show(a, _checkerboard(preview.ref, preview.ref_ok, preview.before, preview.before_ok, checker))
+        a.set_title("(a) before: checkerboard, reference / moving as georeferenced")
+        _show(b, _checkerboard(preview.ref, preview.ref_ok, preview.after, preview.after_ok, checker))
+        b.set_title("(b) after: checkerboard, reference / moving corrected")
+        _tie_points(c, result, preview)
+        _show(d, _edge_blend(preview.ref, preview.ref_ok, preview.after, preview.after_ok))
+        d.set_title("(d) after: edges, red = reference, cyan = moving, white where both")
+        fig.suptitle(_qa_title(result, title, ref_band, mov_band), fontsize=15, linespacing=1.5)
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+
+
+def correction_at_centre(result: RegistrationResult) -> tuple[float, float]:
+    """(dx, dy) in reference pixels that the correction moves the moving image's centre."""
+    gx, gy = result.georef.apply(np.array([result.mov.width / 2]), np.array([result.mov.height / 2]))
+    cx, cy = result.correction.apply(gx, gy)
+    return float(cx[0] - gx[0]), float(cy[0] - gy[0])
+
+
+def write_overview_sheet(summary: dict, summary_dir: Path, path: str | Path, *, overwrite: bool = False,
+                         max_pairs: int = MAX_SHEET_PAIRS) -> None:
+    """Write one PNG with every pair of a batch run (schema dmreg.batch/1): its QA picture
+    and a caption, failed pairs framed in red with their error. Relative output paths in
+    ``summary`` are taken relative to ``summary_dir``, the folder of summary.json. Beyond
+    ``max_pairs``, failed pairs are kept first and the rest are counted in the header."""
+    pairs = list(summary.get("pairs") or [])
+    shown = _pairs_to_show(pairs, max_pairs)
+    columns = max(1, min(SHEET_COLUMNS, len(shown)))
+    rows = max(1, math.ceil(len(shown) / columns))
+    width = max(columns * SHEET_CELL_IN, 8.0)
+    cell_h = SHEET_CELL_IN + SHEET_CAPTION_IN
+    height = SHEET_HEADER_IN + rows * cell_h
+    with atomic_path(path, overwrite) as tmp:
+        fig = Figure(figsize=(width, height), dpi=DPI)
+        FigureCanvasAgg(fig)
+        fig.text(0.5, 1 - 0.3 / height, _sheet_title(summary, len(pairs), len(shown)),
+                 ha="center", va="center", fontsize=13, weight="bold")
+        fig.text(0.5, 1 - 0.65 / height, _sheet_subtitle(summary), ha="center", va="center", fontsize=10,
+                 color="#444444")
+        x_pad = (width - columns * SHEET_CELL_IN) / 2
+        for i, pair in enumerate(shown):
+            row, col = divmod(i, columns)
+            top = height - SHEET_HEADER_IN - row * cell_h
+            box = [(x_pad + col * SHEET_CELL_IN + 0.1) / width, (top - SHEET_CELL_IN + 0.05) / height,
+                   (SHEET_CELL_IN - 0.2) / width, (SHEET_CELL_IN - 0.1) / height]
+            _sheet_cell(fig.add_axes(box), pair, summary_dir)
+            fig.text((x_pad + (col + 0.5) * SHEET_CELL_IN) / width, (top - SHEET_CELL_IN - 0.05) / height,
+                     _caption(pair), ha="center", va="top", fontsize=8.5, linespacing=1.4,
+                     color=STATUS_COLOURS.get(pair.get("status"), "black"))
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+
+
+def status_counts(summary: dict) -> dict[str, int]:
+    """Pairs per status, counted from the pairs themselves (unknown statuses too)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for pair in summary.get("pairs") or []:
+        status = str(pair.get("status", "?"))
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+# --- the QA picture -------------------------------------------------------------------
+
+def _sample(ds, band: int, grid: Grid, to_source: CoordFn) -> tuple[np.ndarray, np.ndarray]:
+    values, ok = sample_onto_grid(ds, [band], lambda u, v: to_source(*grid.to_ref(u, v)), grid.shape)
+    return normalise_contrast(values[0], ok), ok
+
+
+def _checker_mask(shape: tuple[int, int]) -> np.ndarray:
+    """True on the reference squares, about CHECKERS squares across the longer side."""
+    side = max(1, math.ceil(max(shape) / CHECKERS))
+    rows, cols = np.indices(shape)
+    return (rows // side + cols // side) % 2 == 0
+
+
+def _checkerboard(ref: np.ndarray, ref_ok: np.ndarray, mov: np.ndarray, mov_ok: np.ndarray,
+                  checker: np.ndarray) -> np.ndarray:
+    grey = np.where(checker, ref, mov)
+    return _rgb(grey, grey, grey, np.where(checker, ref_ok, mov_ok))
+
+
+def _edge_blend(ref: np.ndarray, ref_ok: np.ndarray, mov: np.ndarray, mov_ok: np.ndarray) -> np.ndarray:
+    """Reference edges in red, moving edges in cyan: aligned edges add up to white. Edges,
+    not intensities, because the two modalities differ in brightness but share structure."""
+    ok = cv2.erode((ref_ok & mov_ok).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    red, cyan = _edges(ref, ok), _edges(mov, ok)
+    return _rgb(red, cyan, cyan, ok)
+
+
+def _edges(img: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    energy = np.hypot(cv2.Sobel(img, cv2.CV_32F, 1, 0), cv2.Sobel(img, cv2.CV_32F, 0, 1))
+    top = float(np.percentile(energy[ok], 98)) if ok.any() else 0.0
+    return np.clip(energy / top, 0.0, 1.0) if top > 0 else np.zeros_like(energy)
+
+
+def _rgb(r: np.ndarray, g: np.ndarray, b: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    img = np.stack([r, g, b], axis=-1)
+    img[~ok] = INVALID
+    return img
+
+
+def _show(ax: Axes, img: np.ndarray) -> None:
+    """Draw a preview with grid pixel corners as data coordinates, so (u, v) overlays line up."""
+    rows, cols = img.shape[:2]
+    ax.imshow(img, extent=(0, cols, rows, 0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _tie_points(ax: Axes, result: RegistrationResult, preview: QAPreview) -> None:
+    """Matches at their reference position, with vectors to where the fitted model puts them."""
+    grid = preview.grid
+    dim = 0.15 + 0.7 * preview.ref
+    _show(ax, _rgb(dim, dim, dim, preview.ref_ok))
+    m = result.matches
+    fx, fy = result.correction.apply(m.pred_px[:, 0], m.pred_px[:, 1])
+    u = (m.ref_px[:, 0] - grid.x0) / grid.scale
+    v = (m.ref_px[:, 1] - grid.y0) / grid.scale
+    du = (fx - m.ref_px[:, 0]) / grid.scale
+    dv = (fy - m.ref_px[:, 1]) / grid.scale
+    inlier = result.selected.inliers
+    factor = _exaggeration(np.hypot(du, dv)[inlier], max(preview.ref.shape))
+    for mask, colour, label in ((~inlier, OUTLIER_COLOUR, "outliers"), (inlier, INLIER_COLOUR, "inliers")):
+        ax.scatter(u[mask], v[mask], s=12, color=colour, linewidths=0, label=f"{label} ({int(mask.sum())})")
+        ax.quiver(u[mask], v[mask], du[mask] * factor, dv[mask] * factor, color=colour, angles="xy",
+                  scale_units="xy", scale=1, width=0.003, headwidth=3, headlength=4, headaxislength=3.5)
+    ax.set_xlim(0, preview.ref.shape[1])
+    ax.set_ylim(preview.ref.shape[0], 0)
+    ax.set_title(f"(c) tie points on the reference, residual vectors x{factor:g}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, frameon=False, fontsize=11,
+              markerscale=2.5)
+
+
+def _exaggeration(lengths: np.ndarray, long_side: int) -> float:
+    """A round factor (1, 2 or 5 times a power of ten) that makes typical residuals visible."""
+    typical = float(np.percentile(lengths, 90)) if len(lengths) else 0.0
+    if typical <= 0:
+        return 1.0
+    wanted = VECTOR_TARGET * long_side / typical
+    if wanted <= 1:
+        return 1.0
+    power = 10 ** math.floor(math.log10(wanted))
+    return max(step * power for step in (1, 2, 5) if step * power <= wanted)
+
+
+def _qa_title(result: RegistrationResult, title: str | None, ref_band: int, mov_band: int) -> str:
+    sel = result.selected
+    dx, dy = correction_at_centre(result)
+    space = "" if result.ref.georeferenced else "  (pixel space: no georeferencing)"
+    return (
+        f"{title or Path(result.mov.path).name}: {sel.kind}, RMSE {sel.rmse_px:.2f} px, CE90 {sel.ce90_px:.2f} px, "
+        f"inliers {sel.n_inliers}/{len(result.matches)}, tiles matched {result.tiles_matched}/{result.tiles}\n"
+        f"correction at image centre: dx {dx:+.2f} px, dy {dy:+.2f} px{space}\n"
+        f"reference {Path(result.ref.path).name} (band {ref_band}), moving {Path(result.mov.path).name} "
+        f"(band {mov_band}); grey: nodata or outside"
+    )
+
+
+# --- the overview sheet ----------------------------------------------------------------
+
+def _pairs_to_show(pairs: list[dict], max_pairs: int) -> list[dict]:
+    if len(pairs) <= max_pairs:
+        return pairs
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].get("status") != "failed")
+    return [pairs[i] for i in sorted(order[:max_pairs])]
+
+
+def _sheet_cell(ax: Axes, pair: dict, summary_dir: Path) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    status = pair.get("status")
+    colour = STATUS_COLOURS.get(status, "black")
+    if status == "failed":
+        for spine in ax.spines.values():
+            spine.set(color=colour, linewidth=3)
+        message = _wrap(str(pair.get("error") or "no message"), width=44, lines=9)
+        ax.text(0.5, 0.93, f"FAILED (exit {pair.get('exit_code')})", transform=ax.transAxes, ha="center", va="top",
+                color=colour, fontsize=11, weight="bold")
+        ax.text(0.05, 0.8, message, transform=ax.transAxes, ha="left", va="top", fontsize=8, family="monospace")
+        return
+    if status == "not run":
+        _note(ax, "not run")
+        return
+    qa = (pair.get("outputs") or {}).get("qa")
+    if not qa:
+        _note(ax, "no QA picture")
+        return
+    image = _thumbnail(summary_dir / qa)
+    if image is None:
+        _note(ax, f"QA picture missing or unreadable:\n{_wrap(Path(qa).name, 40, 2)}")
+        return
+    ax.imshow(image, interpolation="antialiased")
+    ax.set_anchor("N")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _thumbnail(path: Path) -> np.ndarray | None:
+    """The picture at most SHEET_CELL_PX on its long side, or None if it cannot be read."""
+    try:
+        image = imread(path)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    rows, cols = image.shape[:2]
+    scale = SHEET_CELL_PX / max(rows, cols)
+    if scale < 1:
+        size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+        image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+    return np.clip(image, 0.0, 1.0) if image.dtype.kind == "f" else image
+
+
+def _note(ax: Axes, text: str) -> None:
+    ax.set_facecolor("#f2f2f2")
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="#555555", fontsize=10)
+
+
+def _caption(pair: dict) -> str:
+    name = _shorten(str(pair.get("pair", "?")), 48)
+    status = pair.get("status", "?")
+    if status == "failed":
+        return f"{name}\nfailed, exit code {pair.get('exit_code')}"
+    if status == "not run":
+        return f"{name}\nnot run"
+    rmse, seconds = pair.get("rmse_px"), pair.get("time_s")
+    state = "skipped (done earlier)" if status == "skipped" else str(status)
+    numbers = [f"RMSE {rmse:.2f} px" if isinstance(rmse, int | float) else "RMSE ?",
+               f"{pair.get('inliers', '?')}/{pair.get('matches', '?')} inliers"]
+    if isinstance(seconds, int | float):
+        numbers.append(f"{seconds:.1f} s")
+    return f"{name}\n{state}, {pair.get('model') or '?'}\n{', '.join(numbers)}"
+
+
+def _sheet_title(summary: dict, total: int, shown: int) -> str:
+    counts = status_counts(summary)
+    text = f"dmreg batch: {total} pairs, " + ", ".join(f"{n} {k}" for k, n in counts.items())
+    if shown < total:
+        text += f"  (showing {shown}, failed first; all are in summary.json)"
+    return text
+
+
+def _sheet_subtitle(summary: dict) -> str:
+    parts = []
+    if summary.get("started"):
+        parts.append(f"started {summary['started']}")
+    elapsed = _elapsed(summary.get("started"), summary.get("finished"))
+    if elapsed:
+        parts.append(f"run time {elapsed}")
+    if summary.get("executor"):
+        parts.append(f"executor {summary['executor']}, {summary.get('workers', '?')} workers")
+    if summary.get("dmreg_version"):
+        parts.append(f"dmreg {summary['dmreg_version']}")
+    return " | ".join(parts)
+
+
+def _elapsed(started: str | None, finished: str | None) -> str | None:
+    try:
+        seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def _wrap(text: str, width: int, lines: int) -> str:
+    return "\n".join(textwrap.wrap(text, width, max_lines=lines, placeholder=" ...", break_long_words=True))
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."

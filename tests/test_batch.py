@@ -1,0 +1,313 @@
+"""`dmreg batch`: pairing modes, resume after a crash, the lock, failures that stay
+alone, fail-fast, and the Dask executor giving the same reports as the local one.
+
+The moving rasters are real L7 bands (NIR, SWIR1, SWIR2) written with geotransforms
+shifted by known amounts: the true mapping to the red band's grid is the identity."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from typer.testing import CliRunner
+
+from dmreg.batch.lock import LOCK_NAME, _process_start, stale_reason
+from dmreg.batch.pairing import find_rasters, pairs_by_footprint, pairs_from_manifest, pairs_with_reference
+from dmreg.errors import InputError, UsageError
+from dmreg_cli.main import app
+from helpers import L7, L7_BANDS, check_grid_errors, read_json, write_raster
+
+SHIFTS = {"nir": (2.5, -1.5), "swir1": (-3.0, 2.0), "swir2": (1.0, 3.5)}
+
+
+@pytest.fixture(scope="module")
+def scene() -> dict:
+    with rasterio.open(L7) as ds:
+        return {"bands": {n: ds.read(i) for n, i in L7_BANDS.items()}, "crs": ds.crs, "transform": ds.transform}
+
+
+def shifted_band(scene: dict, band: str, path: Path, shift: tuple[float, float], window=None) -> Path:
+    data = scene["bands"][band]
+    transform = scene["transform"]
+    if window is not None:
+        rows, cols = window
+        data = data[rows, cols]
+        transform = transform @ Affine.translation(cols.start, rows.start)
+    return write_raster(path, data, crs=scene["crs"], transform=transform @ Affine.translation(*shift))
+
+
+@pytest.fixture
+def incoming(tmp_path: Path, scene: dict) -> Path:
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for band, shift in SHIFTS.items():
+        shifted_band(scene, band, folder / f"{band}.tif", shift)
+    return folder
+
+
+def corrupt_copy(path: Path) -> Path:
+    """The sample raster cut short: the header opens, the pixels do not."""
+    path.write_bytes(L7.read_bytes()[:5000])
+    return path
+
+
+def batch(*args) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["batch", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def assert_registered(out: Path, name: str, shift_tolerance_px: float = 0.5) -> dict:
+    """The pair's outputs exist and its mapping is the identity (the truth) within tolerance."""
+    report = read_json(out / f"{name}.report.json")
+    assert report["status"] == "ok"
+    errors, _ = check_grid_errors(report["model"]["check_grid"], lambda x, y: (x, y), (349, 352))
+    assert errors.max() < shift_tolerance_px, f"{name}: max error {errors.max():.3f} px"
+    with rasterio.open(out / f"{name}.tif") as ds:
+        assert ds.shape == (352, 349)
+    assert (out / f"{name}.tiepoints.geojson").stat().st_size > 0
+    assert (out / f"{name}.qa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return report
+
+
+# --- pairing --------------------------------------------------------------------------
+
+def test_folder_mode_registers_every_raster(incoming: Path, tmp_path: Path):
+    out = tmp_path / "aligned"
+    code, text = batch(incoming, "--reference", L7, "--ref-band", 3, "--out", out)
+    assert code == 0, text
+    for band in SHIFTS:
+        assert_registered(out, band)
+    summary = read_json(out / "summary.json")
+    assert summary["schema"] == "dmreg.batch/1"
+    assert summary["counts"] == {"ok": 3, "skipped": 0, "failed": 0, "not run": 0}
+    assert summary["finished"] is not None
+    with open(out / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["pair"] for r in rows] == ["nir", "swir1", "swir2"]
+    assert all(r["status"] == "ok" and r["exit_code"] == "0" and float(r["rmse_px"]) < 1.0 for r in rows)
+    assert not (out / LOCK_NAME).exists(), "the lock is released at the end"
+    assert "nir" in text and "ok" in text  # the final table
+
+
+def test_glob_regex_and_subfolders(tmp_path: Path, incoming: Path, scene: dict):
+    (incoming / "notes.txt").write_text("not a raster")
+    (incoming / ".hidden.tif").write_bytes(b"")
+    sub = incoming / "2026"
+    sub.mkdir()
+    shifted_band(scene, "nir", sub / "nir.tif", (1, 1))
+    assert [p.name for p in find_rasters(incoming)] == ["nir.tif", "swir1.tif", "swir2.tif"]
+    assert [p.name for p in find_rasters(incoming, regex=r"^swir")] == ["swir1.tif", "swir2.tif"]
+    found = find_rasters(incoming, recursive=True)
+    pairs = pairs_with_reference(found, L7, incoming)
+    assert sorted(p.name for p in pairs) == ["2026__nir", "nir", "swir1", "swir2"]
+    assert pairs_with_reference(found + [L7], L7, incoming) == pairs, "the reference is never its own moving"
+    with pytest.raises(UsageError, match="regex"):
+        find_rasters(incoming, regex="(")
+    with pytest.raises(InputError):
+        find_rasters(tmp_path / "missing")
+
+
+def test_manifest_with_relative_paths_and_named_outputs(tmp_path: Path, incoming: Path):
+    manifest = incoming / "pairs.csv"
+    manifest.write_text(f"reference,moving,output\n{L7},nir.tif,site_a_nir.tif\n"
+                        f"{L7},swir2.tif,\n# a comment line\n{L7},missing.tif,gone.tif\n")
+    pairs = pairs_from_manifest(manifest)
+    assert [p.name for p in pairs] == ["site_a_nir", "swir2", "gone"]
+    assert pairs[0].moving == str((incoming / "nir.tif").resolve())
+    out = tmp_path / "out"
+    code, text = batch("--manifest", manifest, "--ref-band", 3, "--out", out, "-q")
+    assert code == 8, text  # one pair failed
+    assert_registered(out, "site_a_nir")
+    assert_registered(out, "swir2")
+    rows = {r["pair"]: r for r in read_json(out / "summary.json")["pairs"]}
+    assert rows["gone"]["status"] == "failed" and rows["gone"]["exit_code"] == 3
+    assert read_json(out / "gone.report.json")["status"] == "failed"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty"),
+    ("a,b\nx,y\n", "reference,moving"),
+    ("reference,moving\nref.tif,\n", "line 2"),
+    ("reference,moving,output\nr.tif,m.tif,sub/x.tif\n", "file name"),
+])
+def test_bad_manifest_exits_3(tmp_path: Path, content: str, message: str):
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(content)
+    code, text = batch("--manifest", manifest, "--out", tmp_path / "out")
+    assert code == 3 and message in text, text
+
+
+def test_duplicate_output_names_are_a_usage_error(tmp_path: Path):
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(f"reference,moving\n{L7},x.tif\nother.tif,x.tif\n")  # one moving, two references
+    code, text = batch("--manifest", manifest, "--out", tmp_path / "out")
+    assert code == 2 and "output column" in text, text
+
+
+def test_reference_dir_picks_the_best_overlapping_reference(tmp_path: Path, scene: dict):
+    refs = tmp_path / "basemaps"
+    refs.mkdir()
+    shifted_band(scene, "red", refs / "west.tif", (0, 0), window=(slice(0, 352), slice(0, 200)))
+    shifted_band(scene, "red", refs / "east.tif", (0, 0), window=(slice(0, 352), slice(150, 349)))
+    (refs / "broken.tif").write_bytes(b"not a tiff")
+    movers = tmp_path / "incoming"
+    movers.mkdir()
+    shifted_band(scene, "swir1", movers / "east_swir1.tif", (2.0, -1.0), window=(slice(40, 300), slice(180, 340)))
+    shifted_band(scene, "swir1", movers / "west_swir1.tif", (-1.5, 1.0), window=(slice(40, 300), slice(10, 170)))
+    shifted_band(scene, "swir1", movers / "far_away.tif", (100000, 0))  # 2850 km east: no reference there
+    pairs = {p.name: p for p in pairs_by_footprint(find_rasters(movers), refs)}
+    assert Path(pairs["east_swir1"].reference).name == "east.tif"
+    assert Path(pairs["west_swir1"].reference).name == "west.tif"
+    assert pairs["far_away"].reference is None and pairs["far_away"].error_code == 4
+
+    out = tmp_path / "out"
+    code, text = batch(movers, "--reference-dir", refs, "--out", out, "-q")
+    assert code == 8, text
+    rows = {r["pair"]: r for r in read_json(out / "summary.json")["pairs"]}
+    assert rows["far_away"]["exit_code"] == 4 and rows["far_away"]["status"] == "failed"
+    for name in ("east_swir1", "west_swir1"):
+        assert rows[name]["status"] == "ok", rows[name]
+        report = read_json(out / f"{name}.report.json")
+        assert Path(report["reference"]["path"]).name == ("east.tif" if name.startswith("east") else "west.tif")
+
+
+# --- failures -------------------------------------------------------------------------
+
+def test_a_corrupt_input_fails_alone(incoming: Path, tmp_path: Path):
+    corrupt_copy(incoming / "corrupt.tif")
+    out = tmp_path / "out"
+    code, text = batch(incoming, "--reference", L7, "--ref-band", 3, "--out", out, "--workers", 2)
+    assert code == 8, text
+    rows = {r["pair"]: r for r in read_json(out / "summary.json")["pairs"]}
+    assert rows["corrupt"]["status"] == "failed" and rows["corrupt"]["exit_code"] == 3
+    assert "corrupt.tif" in rows["corrupt"]["error"]
+    assert all(rows[b]["status"] == "ok" for b in SHIFTS)
+    for band in SHIFTS:
+        assert_registered(out, band)
+    assert not (out / "corrupt.tif").exists()
+
+
+def test_fail_fast_stops_at_the_first_failure(incoming: Path, tmp_path: Path):
+    corrupt_copy(incoming / "a_corrupt.tif")  # sorted first
+    out = tmp_path / "out"
+    code, _ = batch(incoming, "--reference", L7, "--ref-band", 3, "--out", out, "--fail-fast", "-q")
+    assert code == 8
+    statuses = [r["status"] for r in read_json(out / "summary.json")["pairs"]]
+    assert statuses == ["failed", "not run", "not run", "not run"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--manifest", "x.csv", "--reference", "r.tif"], "exactly one"),
+    (["--scheduler", "tcp://127.0.0.1:1"], "--executor dask"),
+    (["--workers", "0"], "--workers"),
+    (["--executor", "slurm"], "executor"),
+])
+def test_usage_errors_exit_2(incoming: Path, tmp_path: Path, args: list, message: str):
+    base = [] if "--manifest" in args else [incoming, "--reference", L7]
+    code, text = batch(*base, *args, "--out", tmp_path / "out")
+    assert code == 2 and message in text, text
+
+
+# --- resume and lock ------------------------------------------------------------------
+
+def test_rerun_skips_complete_pairs_and_redoes_partial_ones(incoming: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    args = (incoming, "--reference", L7, "--ref-band", 3, "--out", out, "-q")
+    assert batch(*args)[0] == 0
+    kept = (out / "swir2.tif").stat().st_mtime_ns
+    # a crash: nir's report never written, swir1's raster cut short, a temp file left behind
+    (out / "nir.report.json").unlink()
+    (out / "swir1.tif").write_bytes((out / "swir1.tif").read_bytes()[:3000])
+    leftover = out / ".nir.tif.abc123.dmreg-tmp"
+    leftover.write_bytes(b"partial")
+
+    code, text = batch(*args)
+    assert code == 0, text
+    rows = {r["pair"]: r for r in read_json(out / "summary.json")["pairs"]}
+    assert rows["nir"]["status"] == "ok" and rows["swir1"]["status"] == "ok"
+    assert rows["swir2"]["status"] == "skipped" and rows["swir2"]["model"] and rows["swir2"]["rmse_px"] is not None
+    assert (out / "swir2.tif").stat().st_mtime_ns == kept, "a complete pair is not touched"
+    assert not leftover.exists()
+    for band in SHIFTS:
+        assert_registered(out, band)
+
+    assert batch(*args, "--overwrite")[0] == 0
+    assert (out / "swir2.tif").stat().st_mtime_ns != kept
+    assert read_json(out / "summary.json")["counts"]["ok"] == 3
+
+
+def test_a_live_lock_refuses_a_second_run(incoming: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()),
+              "since": "2026-11-26T02:30:00+00:00"}
+    (out / LOCK_NAME).write_text(json.dumps(holder))
+    code, text = batch(incoming, "--reference", L7, "--ref-band", 3, "--out", out)
+    assert code == 7, text
+    assert f"pid {os.getpid()}" in text
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME], "nothing written"
+
+
+def test_a_stale_lock_from_a_dead_process_is_replaced(incoming: Path, tmp_path: Path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "process_start": 1}))
+    code, text = batch(incoming, "--reference", L7, "--ref-band", 3, "--out", out, "--no-qa")
+    assert code == 0, text
+    assert "stale lock" in text
+    assert not (out / LOCK_NAME).exists()
+    assert read_json(out / "summary.json")["counts"]["ok"] == 3
+
+
+def test_stale_reasons(tmp_path: Path):
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid())}
+    lock = tmp_path / LOCK_NAME
+    lock.write_text("{")
+    assert stale_reason(me, lock) is None
+    assert "reused" in stale_reason({**me, "process_start": -5}, lock)
+    assert stale_reason({**me, "host": "another-host"}, lock) is None, "another host's lock cannot be checked"
+    assert stale_reason(None, lock) is None, "a lock being written is not stale"
+    os.utime(lock, (1, 1))
+    assert "unreadable" in stale_reason(None, lock)
+
+
+# --- executors ------------------------------------------------------------------------
+
+def comparable(report: dict) -> dict:
+    return {"model": report["model"], "quality": report["quality"], "models": report["models"]}
+
+
+def test_dask_local_cluster_gives_the_same_reports_as_local_processes(incoming: Path, tmp_path: Path):
+    distributed = pytest.importorskip("distributed")
+    local, dask = tmp_path / "local", tmp_path / "dask"
+    assert batch(incoming, "--reference", L7, "--ref-band", 3, "--out", local, "--workers", 2, "-q")[0] == 0
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        code, text = batch(incoming, "--reference", L7, "--ref-band", 3, "--out", dask,
+                           "--executor", "dask", "--scheduler", cluster.scheduler_address, "-q")
+    assert code == 0, text
+    assert read_json(dask / "summary.json")["executor"] == "dask"
+    for band in SHIFTS:
+        assert comparable(read_json(local / f"{band}.report.json")) == comparable(read_json(dask / f"{band}.report.json"))
+        assert (dask / f"{band}.qa.png").exists()
+
+
+def test_log_file_and_an_empty_folder(tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    log = tmp_path / "run.log"
+    code, text = batch(empty, "--reference", L7, "--out", tmp_path / "out", "--log-file", log)
+    assert code == 0, text
+    assert "no pairs" in text and "no pairs" in log.read_text()
+    assert read_json(tmp_path / "out" / "summary.json")["pairs"] == []
