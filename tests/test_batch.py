@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -311,3 +312,35 @@ def test_log_file_and_an_empty_folder(tmp_path: Path):
     assert code == 0, text
     assert "no pairs" in text and "no pairs" in log.read_text()
     assert read_json(tmp_path / "out" / "summary.json")["pairs"] == []
+
+
+def test_kill_9_mid_run_loses_nothing_written(incoming: Path, tmp_path: Path, scene: dict):
+    for i in range(3):  # more pairs, so the kill lands mid-run
+        shifted_band(scene, "swir2", incoming / f"more{i}.tif", (0.5 * i, -1.0))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dmreg_cli.main", "batch", str(incoming), "--reference", str(L7), "--ref-band", "3",
+           "--out", str(out), "-q"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.qa.png")) and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.kill()  # SIGKILL: no cleanup of any kind
+    child.wait()
+    done = list(out.glob("*.qa.png"))
+    assert done and len(done) < 6, "the kill should land after the first pair and before the last"
+    for path in out.iterdir():  # whatever was renamed into place is whole
+        if path.suffix == ".tif":
+            with rasterio.open(path) as ds:
+                ds.read(1)
+        elif path.suffix in (".json", ".geojson") or path.name == LOCK_NAME:
+            json.loads(path.read_text())
+    summary = read_json(out / "summary.json")
+    assert summary["finished"] is None and summary["counts"]["ok"] >= 1
+
+    code, text = batch(incoming, "--reference", L7, "--ref-band", 3, "--out", out)
+    assert code == 0, text
+    assert "stale lock" in text
+    rows = read_json(out / "summary.json")["pairs"]
+    assert {r["status"] for r in rows} <= {"ok", "skipped"}
+    assert sum(r["status"] == "skipped" for r in rows) >= len(done)  # the QA picture is written last
+    assert not list(out.glob(".*.dmreg-tmp"))
