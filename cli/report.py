@@ -13,11 +13,11 @@ from rich.text import Text
 
 from .console import configure_logging, exit_codes, stderr
 from .options import Debug, Overwrite, Quiet, Verbose
+from dmreg.batch.summary import SCHEMA
 from dmreg.errors import InputError
 from dmreg.io.writing import check_output
 from dmreg.qa import status_counts, write_overview_sheet
 
-SUMMARY_SCHEMA = "dmreg.batch/1"
 STATUS_STYLES = {"ok": "green", "skipped": "blue", "failed": "red", "not run": "dim"}
 
 
@@ -55,9 +55,9 @@ def read_summary(path: Path) -> dict:
         raise InputError(f"{path}: cannot read it ({exc})") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc}); is it the summary.json of a dmreg batch run?") from None
-    if not isinstance(data, dict) or data.get("schema") != SUMMARY_SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise InputError(f"{path}: not a dmreg batch summary (schema {found!r}, expected {SUMMARY_SCHEMA!r})")
+        raise InputError(f"{path}: not a dmreg batch summary (schema {found!r}, expected {SCHEMA!r})")
     if not isinstance(data.get("pairs"), list) or not all(isinstance(p, dict) for p in data["pairs"]):
         raise InputError(f"{path}: 'pairs' must be a list of objects")
     return data
@@ -67,19 +67,22 @@ def pairs_table(summary: dict) -> Table:
     """One row per pair of a batch summary (schema dmreg.batch/1); failed rows in red."""
     counts = status_counts(summary)
     table = Table(title="dmreg batch: " + ", ".join(f"{n} {k}" for k, n in counts.items()), title_justify="left",
-                  box=box.SIMPLE_HEAD)
-    table.add_column("pair", style="bold", overflow="fold", min_width=8)
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    pairs = summary.get("pairs") or []
+    names = [str(p.get("pair", "?")) for p in pairs]
+    # names up to 24 characters stay whole on a narrow terminal; the error column gives way first
+    table.add_column("pair", style="bold", overflow="fold", min_width=min(24, max(map(len, names), default=4)))
     table.add_column("status", no_wrap=True)
     table.add_column("exit", justify="right", no_wrap=True)
     # a failed pair has no model: its error takes the place, and only this column and the pair wrap
-    table.add_column("model / error", overflow="fold", min_width=16)
+    table.add_column("model / error", overflow="fold", min_width=14)
     for name in ("RMSE px", "inliers", "time s"):
         table.add_column(name, justify="right", no_wrap=True)
-    for p in summary.get("pairs") or []:
+    for name, p in zip(names, pairs):
         status = str(p.get("status", "?"))
         model = p.get("error") if status == "failed" and p.get("error") else p.get("model")
         # Text, not markup: names and messages may hold brackets ("[Errno 2]")
-        table.add_row(Text(str(p.get("pair", "?"))), Text(status, style=STATUS_STYLES.get(status, "")),
+        table.add_row(Text(name), Text(status, style=STATUS_STYLES.get(status, "")),
                       _text(p.get("exit_code")), Text(_text(model)), _number(p.get("rmse_px"), 3), _inliers(p),
                       _number(p.get("time_s"), 1), style="red" if status == "failed" else None)
     return table

@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
+from dmreg.batch.summary import STATUSES
 from dmreg.geometry.footprint import overlap_in_reference
 from dmreg.geometry.tiling import Grid, grid_over
 from dmreg.io.raster import gdal_env, open_raster
@@ -35,10 +36,13 @@ PREVIEW_SIZE = 700        # longest side of the preview in pixels (never finer t
 CHECKERS = 8              # checkerboard squares across the longer side
 DPI = 100
 QA_WIDTH_IN = 16.0
+QA_TITLE_IN = 1.8         # the pair and three lines of key numbers
+QA_LABELS_IN = 1.0        # panel titles and the tie-point legend
 INVALID = (0.55, 0.55, 0.55)      # nodata / outside a raster
 INLIER_COLOUR = "#33bbff"
 OUTLIER_COLOUR = "#ff6a00"
 VECTOR_TARGET = 0.025     # the 90th-percentile inlier vector, drawn, as a fraction of the preview's long side
+MAX_EXAGGERATION = 1000.0
 
 SHEET_COLUMNS = 4
 SHEET_CELL_IN = 4.0       # width of one contact-sheet cell
@@ -46,7 +50,6 @@ SHEET_CELL_PX = 400       # QA pictures are downscaled to this before drawing: m
 SHEET_CAPTION_IN = 0.8
 SHEET_HEADER_IN = 0.9
 MAX_SHEET_PAIRS = 240     # 60 rows: the sheet stays well under Agg's 65536-pixel limit
-STATUSES = ("ok", "skipped", "failed", "not run")
 STATUS_COLOURS = dict(zip(STATUSES, ("#1a7f37", "#3465a4", "#cf222e", "#6e7781")))
 
 
@@ -67,8 +70,8 @@ class QAPreview:
 
 def read_preview(result: RegistrationResult, *, ref_band: int = 1, mov_band: int = 1,
                  max_size: int = PREVIEW_SIZE) -> QAPreview:
-    """Sample both rasters over the overlap (before or after correction, whichever is larger
-    covers both) through bounded windows; memory depends on ``max_size`` only."""
+    """Sample both rasters over the union of the overlaps before and after correction, so
+    neither picture is cut short; bounded window reads, so memory depends on ``max_size`` only."""
     sizes = (result.mov.width, result.mov.height), (result.ref.width, result.ref.height)
     area = overlap_in_reference(result.georef, *sizes).union(overlap_in_reference(result.mapping, *sizes))
     grid = grid_over(area, max_size)
@@ -87,8 +90,8 @@ def write_qa_picture(result: RegistrationResult, path: str | Path, *, ref_band: 
     with atomic_path(path, overwrite) as tmp:
         preview = read_preview(result, ref_band=ref_band, mov_band=mov_band)
         rows, cols = preview.ref.shape
-        aspect = min(max(rows / cols, 0.3), 1.6)
-        fig = Figure(figsize=(QA_WIDTH_IN, 1.4 + 2 * (QA_WIDTH_IN / 2 - 0.3) * aspect + 1.0), dpi=DPI,
+        panel_height = (QA_WIDTH_IN / 2 - 0.3) * min(max(rows / cols, 0.3), 1.6)
+        fig = Figure(figsize=(QA_WIDTH_IN, QA_TITLE_IN + 2 * panel_height + QA_LABELS_IN), dpi=DPI,
                      layout="constrained")
         FigureCanvasAgg(fig)
         (a, b), (c, d) = fig.subplots(2, 2)
@@ -100,7 +103,7 @@ def write_qa_picture(result: RegistrationResult, path: str | Path, *, ref_band: 
         _tie_points(c, result, preview)
         _show(d, _edge_blend(preview.ref, preview.ref_ok, preview.after, preview.after_ok))
         d.set_title("(d) after: edges, red = reference, cyan = moving, white where both")
-        fig.suptitle(_qa_title(result, title, ref_band, mov_band), fontsize=15, linespacing=1.5)
+        fig.suptitle(_qa_title(result, title, ref_band, mov_band), fontsize=14, linespacing=1.5)
         fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
 
 
@@ -230,7 +233,7 @@ def _exaggeration(lengths: np.ndarray, long_side: int) -> float:
     typical = float(np.percentile(lengths, 90)) if len(lengths) else 0.0
     if typical <= 0:
         return 1.0
-    wanted = VECTOR_TARGET * long_side / typical
+    wanted = min(VECTOR_TARGET * long_side / typical, MAX_EXAGGERATION)
     if wanted <= 1:
         return 1.0
     power = 10 ** math.floor(math.log10(wanted))
@@ -241,12 +244,13 @@ def _qa_title(result: RegistrationResult, title: str | None, ref_band: int, mov_
     sel = result.selected
     dx, dy = correction_at_centre(result)
     space = "" if result.ref.georeferenced else "  (pixel space: no georeferencing)"
+    ref_name, mov_name = _shorten(Path(result.ref.path).name, 50), _shorten(Path(result.mov.path).name, 50)
     return (
-        f"{title or Path(result.mov.path).name}: {sel.kind}, RMSE {sel.rmse_px:.2f} px, CE90 {sel.ce90_px:.2f} px, "
+        f"{_shorten(title or Path(result.mov.path).name, 90)}\n"
+        f"{sel.kind}, RMSE {sel.rmse_px:.2f} px, CE90 {sel.ce90_px:.2f} px, "
         f"inliers {sel.n_inliers}/{len(result.matches)}, tiles matched {result.tiles_matched}/{result.tiles}\n"
         f"correction at image centre: dx {dx:+.2f} px, dy {dy:+.2f} px{space}\n"
-        f"reference {Path(result.ref.path).name} (band {ref_band}), moving {Path(result.mov.path).name} "
-        f"(band {mov_band}); grey: nodata or outside"
+        f"reference {ref_name} (band {ref_band}), moving {mov_name} (band {mov_band}); grey: nodata or outside"
     )
 
 
