@@ -153,13 +153,31 @@ def test_forward_shapes_and_match_consistency():
     assert m["batch"].dtype == m["cells0"].dtype == m["cells1"].dtype == torch.int64
     assert all(m[key].dtype == torch.float32 for key in ("kpts0", "kpts1", "confidence", "spread"))
     assert set(m["batch"].tolist()) <= set(range(b))
-    # kpts0 are the window centres of the matched cells, kpts1 within the window of theirs
+    # each keypoint lies within half a refinement window of its matched cell's window centre
     centres = window_centres(gh, gw, torch.device("cpu"))
-    assert torch.equal(m["kpts0"], centres[m["cells0"]])
-    reach = (SMALL.fine_window // 2) * FINE_STRIDE
-    assert ((m["kpts1"] - centres[m["cells1"]]).abs() <= reach + 1e-5).all()
+    half_reach = (SMALL.fine_window // 2) * FINE_STRIDE / 2
+    assert ((m["kpts0"] - centres[m["cells0"]]).abs() <= half_reach + 1e-5).all()
+    assert ((m["kpts1"] - centres[m["cells1"]]).abs() <= half_reach + 1e-5).all()
     assert (m["spread"] >= 0).all()
     assert torch.equal(m["confidence"], out["log_conf"].exp()[m["batch"], m["cells0"], m["cells1"]])
+
+
+def test_refinement_of_identical_images_is_unbiased():
+    """Refining both ways and keeping the midpoint cancels the centre-to-window bias:
+    an image matched with itself gives every match a zero offset, whatever the weights."""
+    torch.manual_seed(0)
+    model = DistillMatch(SMALL).eval()
+    image = torch.rand(1, 1, 64, 96)
+    with torch.inference_mode():
+        out = model({"image0": image, "image1": image})
+        centres = window_centres(8, 12, torch.device("cpu"))
+        cells = torch.arange(8 * 12)
+        offset0, offset1, _ = model.refine_pairs(out, torch.zeros_like(cells), cells, cells)
+        forward, _ = refine(fine_windows(out["fine0"], SMALL.fine_window, torch.zeros_like(cells), cells),
+                            fine_windows(out["fine1"], SMALL.fine_window, torch.zeros_like(cells), cells),
+                            SMALL.fine_window)
+    assert forward.abs().max() > 1e-3, "one direction alone is biased (random weights)"
+    assert torch.allclose(centres + offset0, centres + offset1, atol=1e-5)
 
 
 def coordinate_map(b: int, hf: int, wf: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dmreg.matchers.distillmatch.model import (COARSE_STRIDE, DistillMatch, cell_validity, fine_windows, refine,
+from dmreg.matchers.distillmatch.model import (COARSE_STRIDE, FINE_STRIDE, DistillMatch, cell_validity,
                                               window_centres)
 
 
@@ -61,8 +61,10 @@ def coarse_loss(log_conf: Tensor, gt: tuple[Tensor, Tensor, Tensor], gamma: floa
 
 def fine_loss(model: DistillMatch, out: dict, h_0to1: Tensor, gt: tuple[Tensor, Tensor, Tensor],
               max_pairs: int = 2048) -> Tensor:
-    """Euclidean error (pixels) of refined positions for true cell pairs whose exact
-    target lies inside the refinement window."""
+    """Euclidean error (pixels) of the refined correspondence the matcher outputs (the
+    midpoint of both refinement directions, see DistillMatch.refine_pairs) for true
+    cell pairs whose exact target lies inside the refinement window: training and
+    inference use the same estimate."""
     b, i0, i1 = gt
     if len(b) > max_pairs:
         keep = torch.randperm(len(b), device=b.device)[:max_pairs]
@@ -70,17 +72,14 @@ def fine_loss(model: DistillMatch, out: dict, h_0to1: Tensor, gt: tuple[Tensor, 
     gh, gw = out["coarse0"].shape[-2:]
     centres = window_centres(gh, gw, b.device)
     target = warp_points(h_0to1[b], centres[i0][:, None])[:, 0]
-    k = model.conf.fine_window
-    offset_needed = target - centres[i1]
-    reach = (k // 2) * 2
-    usable = (offset_needed.abs() <= reach).all(dim=-1)
+    reach = (model.conf.fine_window // 2) * FINE_STRIDE
+    usable = ((target - centres[i1]).abs() <= reach).all(dim=-1)
     if not usable.any():
         return out["fine0"].sum() * 0.0
-    b, i0, i1, target = b[usable], i0[usable], i1[usable], target[usable]
-    win0 = fine_windows(out["fine0"], k, b, i0)
-    win1 = fine_windows(out["fine1"], k, b, i1)
-    offset, _ = refine(win0, win1, k)
-    return (centres[i1] + offset - target).norm(dim=-1).mean()
+    b, i0, i1 = b[usable], i0[usable], i1[usable]
+    offset0, offset1, _ = model.refine_pairs(out, b, i0, i1)
+    kpts0_in_1 = warp_points(h_0to1[b], (centres[i0] + offset0)[:, None])[:, 0]
+    return (centres[i1] + offset1 - kpts0_in_1).norm(dim=-1).mean()
 
 
 def distillation_loss(projected: Tensor, teacher: Tensor, valid_cells: Tensor | None = None) -> Tensor:
