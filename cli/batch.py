@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -65,14 +66,14 @@ def batch_command(
     verbose: Verbose = 0,
     debug: Debug = False,
 ) -> None:
-    """Register every pair into OUT: per pair NAME.tif, NAME.report.json,
-    NAME.tiepoints.geojson, NAME.qa.png; for the run summary.json and summary.csv.
+    """Register every pair into OUT: per pair NAME.tif, NAME.report.json, NAME.tiepoints.geojson and NAME.qa.png; for the run summary.json and summary.csv.
 
-    A rerun skips complete pairs and redoes partial or failed ones. Exit codes: 0 every
-    pair ok (or already complete), 2 usage, 3 unreadable manifest or folder, 7 another
-    run holds OUT's lock, 8 one or more pairs failed (each pair's code is in the summary).
+    A rerun skips complete pairs and redoes partial or failed ones.
+
+    Exit codes: 0 every pair ok or already complete, 2 usage, 3 unreadable manifest or folder, 7 another run holds OUT's lock, 8 one or more pairs failed (each pair's code is in the summary), 143 stopped by SIGTERM.
     """
     configure_logging(quiet, verbose)
+    signal.signal(signal.SIGTERM, _stop)
     if log_file is not None:
         _log_to_file(log_file)
     with exit_codes(debug):
@@ -104,6 +105,12 @@ def batch_command(
             stderr.print(f"summary: {result.summary}", highlight=False)
     if not result.all_ok:
         raise typer.Exit(PAIRS_FAILED)
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM (cron's timeout, systemd, kill) unwinds like Ctrl-C: the lock is released,
+    the summary keeps every finished pair, workers are not waited for."""
+    raise SystemExit(128 + signum)
 
 
 def _pairs(input_dir: Path | None, reference: Path | None, reference_dir: Path | None, manifest: Path | None,

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -25,7 +28,10 @@ def run_local(jobs: Sequence[PairJob], workers: int, on_result: OnResult) -> Non
                 return
         return
     stop = False
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+    interrupted = True
+    try:
         futures = {pool.submit(run_pair, job): i for i, job in enumerate(jobs)}
         for future in as_completed(futures):
             if future.cancelled():
@@ -39,6 +45,9 @@ def run_local(jobs: Sequence[PairJob], workers: int, on_result: OnResult) -> Non
                 stop = True
                 for pending in futures:
                     pending.cancel()
+        interrupted = False
+    finally:  # interrupted (SIGTERM, Ctrl-C): do not wait for the running pairs
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
 
 
 def run_dask(jobs: Sequence[PairJob], workers: int, scheduler: str | None, on_result: OnResult) -> None:
@@ -65,6 +74,17 @@ def run_dask(jobs: Sequence[PairJob], workers: int, scheduler: str | None, on_re
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initialiser: a thread that ends the worker once the batch process is gone
+    (killed, even with SIGKILL), instead of leaving it to run on, orphaned, forever."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="dmreg-parent-watch").start()
 
 
 def _crashed(job: PairJob, exc: Exception) -> PairRecord:

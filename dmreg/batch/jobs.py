@@ -46,7 +46,7 @@ def run_pair(job: PairJob) -> PairRecord:
                                       report=str(job.outputs.report), tiepoints=str(job.outputs.tiepoints),
                                       overwrite=False)
         result = register(job.pair.reference, job.pair.moving, job.options, outputs, matcher=_matcher(job.options))
-        if job.outputs.qa is not None:
+        if job.outputs.want_qa:
             write_qa_picture(result, job.outputs.qa, ref_band=job.options.ref_band, mov_band=job.options.mov_band,
                              title=job.pair.name)
     except DmregError as exc:

@@ -23,25 +23,28 @@ class PairOutputs:
     raster: Path
     report: Path
     tiepoints: Path
-    qa: Path | None
+    qa: Path
+    want_qa: bool = True
 
     @classmethod
     def for_pair(cls, out_dir: Path, name: str, qa: bool) -> PairOutputs:
         return cls(out_dir / f"{name}.tif", out_dir / f"{name}.report.json", out_dir / f"{name}.tiepoints.geojson",
-                   out_dir / f"{name}.qa.png" if qa else None)
+                   out_dir / f"{name}.qa.png", qa)
 
     def files(self) -> list[Path]:
-        return [p for p in (self.raster, self.report, self.tiepoints, self.qa) if p is not None]
+        """The files a complete pair has."""
+        return [self.raster, self.report, self.tiepoints, *([self.qa] if self.want_qa else [])]
 
     def relative_to(self, folder: Path) -> dict[str, str | None]:
         """Paths relative to ``folder`` (the summary's), so an output folder can be moved."""
-        return {key: (str(p.relative_to(folder)) if p is not None else None)
-                for key, p in (("raster", self.raster), ("report", self.report), ("tiepoints", self.tiepoints),
-                               ("qa", self.qa))}
+        paths = {"raster": self.raster, "report": self.report, "tiepoints": self.tiepoints,
+                 "qa": self.qa if self.want_qa else None}
+        return {key: (str(p.relative_to(folder)) if p is not None else None) for key, p in paths.items()}
 
     def clear(self) -> None:
-        """Remove what an interrupted or failed attempt left, before redoing the pair."""
-        for path in self.files():
+        """Remove what an earlier attempt left before redoing the pair, including a QA
+        picture this run will not draw: it would show another registration."""
+        for path in (self.raster, self.report, self.tiepoints, self.qa):
             path.unlink(missing_ok=True)
 
 

@@ -39,7 +39,8 @@ class DistillMatchMatcher:
 
     weights: str | None = None
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None  # tiles per forward pass; None: 8 on CUDA, 1 on the CPU, where batching
+                                   # gains no speed and holds one N x N confidence matrix per tile
     max_side: int = 640
     name: str = "distillmatch"
     _model: DistillMatch = field(init=False, repr=False)
@@ -48,6 +49,8 @@ class DistillMatchMatcher:
 
     def __post_init__(self) -> None:
         self._device = resolve_device(self.device)
+        if self.batch_size is None:
+            self.batch_size = 8 if self._device.type == "cuda" else 1
         model, self._card = load_model(self.weights)
         # channels-last convolutions: about a fifth faster on CPU (oneDNN) and on GPU tensor cores
         self._model = model.to(self._device, memory_format=torch.channels_last)

@@ -20,7 +20,7 @@ from dmreg.matchers.distillmatch.config import DistillMatchConfig
 from dmreg.matchers.distillmatch.model import DistillMatch
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_WEIGHTS = "distillmatch-v0.1"
+DEFAULT_WEIGHTS = "distillmatch-v0.2"
 FORMAT = "dmreg.distillmatch/1"
 
 
