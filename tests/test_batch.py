@@ -79,6 +79,18 @@ def assert_registered(out: Path, name: str, shift_tolerance_px: float = 0.5) -> 
     return report
 
 
+def processes_in_group(pgid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
 # --- pairing --------------------------------------------------------------------------
 
 def test_folder_mode_registers_every_raster(incoming: Path, tmp_path: Path):
@@ -314,18 +326,23 @@ def test_log_file_and_an_empty_folder(tmp_path: Path):
     assert read_json(tmp_path / "out" / "summary.json")["pairs"] == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_kill_9_mid_run_loses_nothing_written(incoming: Path, tmp_path: Path, scene: dict):
     for i in range(3):  # more pairs, so the kill lands mid-run
         shifted_band(scene, "swir2", incoming / f"more{i}.tif", (0.5 * i, -1.0))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "dmreg_cli.main", "batch", str(incoming), "--reference", str(L7), "--ref-band", "3",
-           "--out", str(out), "-q"]
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--out", str(out), "--workers", "2", "-q"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.qa.png")) and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
     child.kill()  # SIGKILL: no cleanup of any kind
     child.wait()
+    deadline = time.monotonic() + 60  # orphaned workers end themselves (after their current pair)
+    while processes_in_group(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_in_group(child.pid) == [], "orphaned worker processes"
     done = list(out.glob("*.qa.png"))
     assert done and len(done) < 6, "the kill should land after the first pair and before the last"
     for path in out.iterdir():  # whatever was renamed into place is whole
@@ -344,3 +361,24 @@ def test_kill_9_mid_run_loses_nothing_written(incoming: Path, tmp_path: Path, sc
     assert {r["status"] for r in rows} <= {"ok", "skipped"}
     assert sum(r["status"] == "skipped" for r in rows) >= len(done)  # the QA picture is written last
     assert not list(out.glob(".*.dmreg-tmp"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigterm_releases_the_lock_and_leaves_no_workers(incoming: Path, tmp_path: Path, scene: dict):
+    for i in range(4):
+        shifted_band(scene, "swir2", incoming / f"more{i}.tif", (0.5 * i, -1.0))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dmreg_cli.main", "batch", str(incoming), "--reference", str(L7), "--ref-band", "3",
+           "--out", str(out), "--workers", "2", "-q"]
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.qa.png")) and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.terminate()
+    assert child.wait(timeout=60) == 143
+    assert not (out / LOCK_NAME).exists()
+    deadline = time.monotonic() + 30  # workers notice their parent is gone within a second or two
+    while processes_in_group(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_in_group(child.pid) == [], "orphaned worker processes"
+    assert read_json(out / "summary.json")["counts"]["ok"] >= 1
