@@ -326,25 +326,36 @@ def test_log_file_and_an_empty_folder(tmp_path: Path):
     assert read_json(tmp_path / "out" / "summary.json")["pairs"] == []
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-def test_kill_9_mid_run_loses_nothing_written(incoming: Path, tmp_path: Path, scene: dict):
-    for i in range(3):  # more pairs, so the kill lands mid-run
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+
+
+def batch_stopped_mid_run(incoming: Path, out: Path, scene: dict, stop) -> subprocess.Popen:
+    """A `dmreg batch --workers 2` child process (own process group), stopped by
+    ``stop(child)`` once its first pair is complete; returns it after it has exited and
+    every process of its group is gone (or 60 s passed)."""
+    for i in range(4):  # more pairs, so the stop lands mid-run
         shifted_band(scene, "swir2", incoming / f"more{i}.tif", (0.5 * i, -1.0))
-    out = tmp_path / "out"
     cmd = [sys.executable, "-m", "dmreg_cli.main", "batch", str(incoming), "--reference", str(L7), "--ref-band", "3",
            "--out", str(out), "--workers", "2", "-q"]
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(out.glob("*.qa.png")) and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
-    child.kill()  # SIGKILL: no cleanup of any kind
-    child.wait()
+    stop(child)
+    child.wait(timeout=60)
     deadline = time.monotonic() + 60  # orphaned workers end themselves (after their current pair)
     while processes_in_group(child.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
+    return child
+
+
+@LINUX_PROC
+def test_kill_9_mid_run_loses_nothing_written(incoming: Path, tmp_path: Path, scene: dict):
+    out = tmp_path / "out"
+    child = batch_stopped_mid_run(incoming, out, scene, lambda c: c.kill())  # SIGKILL: no cleanup of any kind
     assert processes_in_group(child.pid) == [], "orphaned worker processes"
     done = list(out.glob("*.qa.png"))
-    assert done and len(done) < 6, "the kill should land after the first pair and before the last"
+    assert done and len(done) < 7, "the kill should land after the first pair and before the last"
     for path in out.iterdir():  # whatever was renamed into place is whole
         if path.suffix == ".tif":
             with rasterio.open(path) as ds:
@@ -363,22 +374,11 @@ def test_kill_9_mid_run_loses_nothing_written(incoming: Path, tmp_path: Path, sc
     assert not list(out.glob(".*.dmreg-tmp"))
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@LINUX_PROC
 def test_sigterm_releases_the_lock_and_leaves_no_workers(incoming: Path, tmp_path: Path, scene: dict):
-    for i in range(4):
-        shifted_band(scene, "swir2", incoming / f"more{i}.tif", (0.5 * i, -1.0))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "dmreg_cli.main", "batch", str(incoming), "--reference", str(L7), "--ref-band", "3",
-           "--out", str(out), "--workers", "2", "-q"]
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list(out.glob("*.qa.png")) and time.monotonic() < deadline and child.poll() is None:
-        time.sleep(0.05)
-    child.terminate()
-    assert child.wait(timeout=60) == 143
+    child = batch_stopped_mid_run(incoming, out, scene, lambda c: c.terminate())
+    assert child.returncode == 143
     assert not (out / LOCK_NAME).exists()
-    deadline = time.monotonic() + 30  # workers notice their parent is gone within a second or two
-    while processes_in_group(child.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
     assert processes_in_group(child.pid) == [], "orphaned worker processes"
     assert read_json(out / "summary.json")["counts"]["ok"] >= 1
