@@ -128,7 +128,7 @@ def _pairs(input_dir: Path | None, reference: Path | None, reference_dir: Path |
     movings = [p for p in find_rasters(input_dir, pattern, regex, recursive) if not _inside(p, out)]
     if reference is not None:
         return pairs_with_reference(movings, reference, input_dir)
-    return pairs_by_footprint(movings, reference_dir, pattern, recursive)
+    return pairs_by_footprint(movings, reference_dir, input_dir, pattern, recursive)
 
 
 def _inside(path: Path, folder: Path) -> bool:

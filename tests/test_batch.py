@@ -177,7 +177,7 @@ def test_reference_dir_picks_the_best_overlapping_reference(tmp_path: Path, scen
     shifted_band(scene, "swir1", movers / "east_swir1.tif", (2.0, -1.0), window=(slice(40, 300), slice(180, 340)))
     shifted_band(scene, "swir1", movers / "west_swir1.tif", (-1.5, 1.0), window=(slice(40, 300), slice(10, 170)))
     shifted_band(scene, "swir1", movers / "far_away.tif", (100000, 0))  # 2850 km east: no reference there
-    pairs = {p.name: p for p in pairs_by_footprint(find_rasters(movers), refs)}
+    pairs = {p.name: p for p in pairs_by_footprint(find_rasters(movers), refs, movers)}
     assert Path(pairs["east_swir1"].reference).name == "east.tif"
     assert Path(pairs["west_swir1"].reference).name == "west.tif"
     assert pairs["far_away"].reference is None and pairs["far_away"].error_code == 4

@@ -103,12 +103,13 @@ def pairs_from_manifest(manifest: Path) -> list[Pair]:
     return _named([(m, r) for m, r, _ in entries], base, [n for _, _, n in entries])
 
 
-def pairs_by_footprint(movings: list[Path], reference_dir: Path, pattern: str = "*.tif",
+def pairs_by_footprint(movings: list[Path], reference_dir: Path, root: Path, pattern: str = "*.tif",
                        recursive: bool = False) -> list[Pair]:
     """Each moving raster with the reference (from ``reference_dir``) that covers the
     largest share of its footprint, found through an STRtree over the references'
     bounds in EPSG:4326. Unreadable or non-georeferenced references are left out with a
-    warning; a moving raster no reference covers becomes a failed pair (exit 4)."""
+    warning; a moving raster no reference covers becomes a failed pair (exit 4). Pairs
+    are named after the moving files' paths below ``root``."""
     references = find_rasters(reference_dir, pattern, recursive=recursive)
     boxes, paths = [], []
     for path in references:
@@ -137,7 +138,7 @@ def pairs_by_footprint(movings: list[Path], reference_dir: Path, pattern: str = 
             chosen.append((moving, None, (error.exit_code, str(error))))
         else:
             chosen.append((moving, shares[0][1], None))
-    named = _named([(m, r) for m, r, _ in chosen], movings[0].parent if movings else reference_dir)
+    named = _named([(m, r) for m, r, _ in chosen], root)
     return [Pair(p.name, p.moving, p.reference, *(err or (None, None))) for p, (_, _, err) in zip(named, chosen)]
 
 

@@ -73,13 +73,14 @@ def run_batch(pairs: list[Pair], options: RegisterOptions, output_options: Outpu
         header = {"started": now(), "finished": None, "out": str(out_dir.resolve()), "executor": batch.executor,
                   "workers": batch.workers, "options": dataclasses.asdict(options)}
         records, jobs, slots = _plan(pairs, options, output_options, batch)
-        summary = write_summary(out_dir, header, records)
-        total, done = len(records), [0]
+        write_summary(out_dir, header, records)
+        settled = 0
 
         def settle(record: PairRecord) -> None:
-            done[0] += 1
+            nonlocal settled
+            settled += 1
             if progress:
-                progress(record, done[0], total)
+                progress(record, settled, len(records))
 
         for record in records:
             if record.status != "not run":
