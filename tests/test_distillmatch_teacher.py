@@ -211,3 +211,23 @@ def test_unknown_teacher_lists_valid_names(tmp_path):
     with pytest.raises(UsageError) as err:
         load_teacher("dinov2_vitz14", tmp_path / "any.pth")
     assert all(name in str(err.value) for name in TEACHERS)
+
+
+def test_a_file_named_like_an_official_release_is_checked_against_its_sha256(tmp_path, caplog):
+    """A tiny model saved as dinov2_vits14_pretrain.pth is not Meta's file: it still loads
+    (a user may mean it) but the log says its size and checksum are not the release's."""
+    teacher = tiny_teacher("dinov2_vits14")
+    path = write_official(teacher, tmp_path / "dinov2_vits14_pretrain.pth")
+    with caplog.at_level("WARNING", logger="dmreg.matchers.distillmatch.teacher"):
+        load_teacher("dinov2_vits14", path, **TINY)
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "not the official dinov2_vits14_pretrain.pth" in message
+    assert "b938bf1bc15cd2ec0feacfe3a1bb553fe8ea9ca46a7e1d8d00217f29aef60cd9" in message
+    assert "expected 88,283,115" in message
+
+
+def test_a_file_with_its_own_name_is_not_compared(tmp_path, caplog):
+    path = write_official(tiny_teacher("dinov2_vits14"), tmp_path / "my_finetuned_dinov2.pth")
+    with caplog.at_level("WARNING", logger="dmreg.matchers.distillmatch.teacher"):
+        load_teacher("dinov2_vits14", path, **TINY)
+    assert not caplog.records

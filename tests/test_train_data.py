@@ -16,7 +16,9 @@ from rasterio.windows import Window
 
 from dmreg.io.sampling import normalise_contrast
 from dmreg.matchers.base import MODALITIES
-from dmreg.train.data import HELD_OUT_SCENES, BandSource, PairDataset, catalogue
+from dmreg.train.catalogue import BandSource, catalogue
+from dmreg.train.data import PairDataset
+from dmreg.train.split import HELD_OUT_SCENES
 from dmreg.train.homography import HomographyRange, apply_homography, random_homography, warp_image
 from dmreg.train.simulate import SIMULATIONS, photometric_jitter, pseudo_sar
 from helpers import DATA, write_raster
@@ -132,7 +134,7 @@ def test_sar_looks_are_bounded(optical_crop):
 
 def test_catalogue_lists_the_sample_bands_with_their_modalities(sources):
     by_key = {(Path(s.path).name, s.band): s for s in sources}
-    assert by_key[("LT05_167055_20000309_B6.tif", 1)].modality == "infrared"
+    assert by_key[("LT05_167055_20000309_B6.tif", 1)].modality == "thermal"
     assert by_key[("LT05_167055_20000309_B3.tif", 1)].modality == "optical"
     assert [by_key[("L7_ETMs.tif", b)].modality for b in range(1, 7)] == ["optical"] * 3 + ["infrared"] * 3
     assert [by_key[("rgbn.tif", b)].modality for b in range(1, 5)] == ["optical"] * 3 + ["infrared"]
@@ -140,7 +142,7 @@ def test_catalogue_lists_the_sample_bands_with_their_modalities(sources):
 
 
 def test_catalogue_skips_missing_benchmark_files_with_a_log_line(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="dmreg.train.data"):
+    with caplog.at_level(logging.WARNING, logger="dmreg.train.catalogue"):
         sources = catalogue(DATA, tmp_path)
     assert sources and not any(s.scene.startswith("LC08") for s in sources)
     missing = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]

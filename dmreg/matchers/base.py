@@ -12,7 +12,11 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-MODALITIES = ("optical", "infrared", "sar", "elevation", "map", "unknown")
+MODALITIES = ("optical", "infrared", "thermal", "sar", "elevation", "map")
+"""Modality categories a user may name (``--ref-modality``) and the learned matcher knows.
+"infrared" is reflected near/short-wave infrared (NIR, SWIR); "thermal" is emitted
+long-wave infrared, whose contrast owes nothing to sunlight. Without a hint the
+learned matcher predicts the category from the image."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from dmreg.errors import InputError
 
 
+LEGACY_MODALITIES = ("optical", "infrared", "sar", "elevation", "map", "unknown")
+"""The category rows of weights made before the config named them (distillmatch-v0.x):
+thermal was trained as "infrared" there, and "elevation"/"unknown" never saw an example."""
+
+
 @dataclass(frozen=True)
 class DistillMatchConfig:
     widths: tuple[int, int, int] = (32, 64, 128)  # backbone channels at 1/2, 1/4, 1/8
@@ -16,13 +21,19 @@ class DistillMatchConfig:
     n_layers: int = 2              # interleaved (self, cross) attention pairs
     n_heads: int = 4
     attention_reduction: int = 2   # keys/values pooled by this factor (1: full attention)
-    n_modalities: int = 6          # len(dmreg.matchers.base.MODALITIES)
+    n_modalities: int = 6          # len(modalities)
+    modalities: tuple[str, ...] = LEGACY_MODALITIES  # the category of each embedding row, in order
     modality_dim: int = 32         # modality-category embedding width
     teacher_dim: int = 384         # projection head output (DINOv2 ViT-S/14: 384)
     temperature: float = 0.1       # dual-softmax temperature
     match_threshold: float = 0.2   # minimum dual-softmax confidence of a coarse match
     fine_window: int = 5           # refinement window at 1/2 (odd)
     max_matches: int = 2048        # cap per tile pair at inference
+
+    def __post_init__(self) -> None:
+        if len(self.modalities) != self.n_modalities:
+            raise InputError(f"DistillMatch config: {self.n_modalities} modality rows but "
+                             f"{len(self.modalities)} modality names ({', '.join(self.modalities)})")
 
     @classmethod
     def from_dict(cls, values: dict) -> DistillMatchConfig:

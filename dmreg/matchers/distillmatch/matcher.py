@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dmreg.errors import UsageError
-from dmreg.matchers.base import MODALITIES, TileMatches, TilePair
+from dmreg.matchers.base import TileMatches, TilePair
 from dmreg.matchers.distillmatch.model import COARSE_STRIDE, DistillMatch
 from dmreg.matchers.distillmatch.weights import WeightsCard, load_model
 
@@ -82,10 +82,12 @@ class DistillMatchMatcher:
             "valid0": self._stack([p.ref_valid for p in pairs], h, w).bool(),
             "valid1": self._stack([p.mov_valid for p in pairs], h, w).bool(),
         }
+        known = self._model.conf.modalities  # the weights' own category rows, by name
         for key, attr in (("modality0", "ref_modality"), ("modality1", "mov_modality")):
             labels = [getattr(p, attr) for p in pairs]
-            if all(label is not None for label in labels):
-                data[key] = torch.tensor([MODALITIES.index(label) for label in labels], device=self._device)
+            if all(label in known for label in labels):  # else the network predicts the category
+                data[key] = torch.tensor([known.index(label) for label in labels], device=self._device)
+        # bf16 for the backbone and attention only: the model keeps its matching head in fp32
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._device.type == "cuda"):
             matches = self._model(data)["matches"]
         batch = matches["batch"].cpu().numpy()

@@ -277,7 +277,8 @@ class DistillMatch(nn.Module):
         t0, t1 = self.transformer(t0, t1, (h, w))
         valid0 = cell_validity(data.get("valid0"), h, w)
         valid1 = cell_validity(data.get("valid1"), h, w)
-        out["log_conf"] = log_dual_softmax(t0, t1, self.conf.temperature, valid0, valid1)
+        with _full_precision(t0):  # bf16 would quantise similarities to ~1/100 of the temperature
+            out["log_conf"] = log_dual_softmax(t0.float(), t1.float(), self.conf.temperature, valid0, valid1)
         if match:
             out["matches"] = self.match(out)
         return out
@@ -311,11 +312,19 @@ class DistillMatch(nn.Module):
         bias of centre-to-window refinement (the same both ways: +0.14 px per axis on
         identical images with v0.1) falls on both ends and cancels."""
         k = self.conf.fine_window
-        win0 = fine_windows(out["fine0"], k, b_ids, i_ids)
-        win1 = fine_windows(out["fine1"], k, b_ids, j_ids)
-        forward, spread = refine(win0, win1, k)
-        backward, _ = refine(win1, win0, k)
+        with _full_precision(out["fine0"]):  # sub-pixel expectations need fp32 weights and sums
+            win0 = fine_windows(out["fine0"], k, b_ids, i_ids).float()
+            win1 = fine_windows(out["fine1"], k, b_ids, j_ids).float()
+            forward, spread = refine(win0, win1, k)
+            backward, _ = refine(win1, win0, k)
         return backward / 2, forward / 2, spread
+
+
+def _full_precision(like: Tensor) -> torch.autocast:
+    """A region where autocast is off on ``like``'s device: the matching head (similarity,
+    dual-softmax, soft-argmax refinement) runs in fp32 even when the caller autocasts the
+    backbone and attention to bf16."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
 
 
 def cell_validity(valid: Tensor | None, h: int, w: int) -> Tensor | None:

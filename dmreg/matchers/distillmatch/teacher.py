@@ -9,6 +9,8 @@ a :class:`TeacherWeightsError` saying what is wrong and what to pass instead.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import pickle
 import re
 import zipfile
@@ -26,6 +28,8 @@ from timm.models.vision_transformer import checkpoint_filter_fn as vit_filter
 from torch import Tensor
 
 from dmreg.errors import InputError, UsageError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,17 @@ TEACHERS: dict[str, TeacherSpec] = {
                     "model.safetensors of timm's vit_base_patch16_dinov3.lvd1689m", 256),
     )
 }
+
+OFFICIAL_FILES: dict[str, tuple[int | None, str]] = {
+    "dinov2_vits14_pretrain.pth": (88_283_115, "b938bf1bc15cd2ec0feacfe3a1bb553fe8ea9ca46a7e1d8d00217f29aef60cd9"),
+    "dinov2_vitb14_pretrain.pth": (346_378_731, "0b8b82f85de91b424aded121c7e1dcc2b7bc6d0adeea651bf73a13307fad8c73"),
+    "dinov2_vitb14_reg4_pretrain.pth": (None, "73182a088cf94833c94b1666d1c99e02fe87e2007bff57b564fb6206e25dba71"),
+    "dinov2_vitl14_pretrain.pth": (1_217_586_395, "d5383ea8f4877b2472eb973e0fd72d557c7da5d3611bd527ceeb1d7162cbf428"),
+    "model.safetensors": (88_249_960, "ae1e99fcefd534ed978cdeb8326f08030c96e28b7a81ffcbc98a857c84d14be1"),  # HF dinov2-small
+}
+"""Official releases by file name: (size in bytes or None, sha256). A file of one of these
+names with another checksum is not the release it claims to be (truncated, re-saved or
+another model): training goes on, with a warning, since a user may mean it."""
 
 _FILTERS = {VisionTransformer: vit_filter, Eva: eva_filter}
 _VIT_SIZES = {192: "Ti", 384: "S", 768: "B", 1024: "L", 1280: "H", 1536: "g"}
@@ -132,6 +147,7 @@ def load_teacher(name: str, weights: str | Path, **overrides: object) -> Teacher
     path = Path(weights)
     if not path.is_file():
         raise TeacherWeightsError(f"teacher weights {path} not found; {name} needs {spec.description}")
+    verify_official(path)
     state = _unwrap(_read(path, spec), path, spec)
     model = timm.create_model(spec.timm_name, pretrained=False, **{
         "img_size": spec.img_size, "dynamic_img_size": True, "num_classes": 0, **overrides})
@@ -140,6 +156,24 @@ def load_teacher(name: str, weights: str | Path, **overrides: object) -> Teacher
     _check_fits(state, model, path, spec)
     model.load_state_dict(state, strict=True)
     return Teacher(name, model)
+
+
+def verify_official(path: Path) -> str:
+    """The file's sha256; a warning when its name is an official release's and its size
+    or checksum is not."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    sha256 = digest.hexdigest()
+    if path.name in OFFICIAL_FILES:
+        size, official = OFFICIAL_FILES[path.name]
+        if sha256 != official:
+            actual = path.stat().st_size
+            what = f"{actual:,} bytes, expected {size:,}" if size is not None and actual != size else "same size"
+            log.warning("teacher weights %s are not the official %s: sha256 %s, expected %s (%s); "
+                        "training goes on with this file", path, path.name, sha256, official, what)
+    return sha256
 
 
 def teacher_spec(name: str) -> TeacherSpec:
