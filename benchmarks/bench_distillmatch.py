@@ -28,8 +28,10 @@ import torch
 from dmreg.estimate.robust import ransac
 from dmreg.matchers import TilePair, get_matcher
 from dmreg.matchers.distillmatch.matcher import DistillMatchMatcher
-from dmreg.train.data import HELD_OUT_SCENES, PairDataset, catalogue
+from dmreg.train.catalogue import catalogue
+from dmreg.train.data import PairDataset
 from dmreg.train.homography import HomographyRange, apply_homography
+from dmreg.train.split import HELD_OUT_SCENES
 
 REPO = Path(__file__).resolve().parents[1]
 RANGES = {

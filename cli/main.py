@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .batch import batch_command
+from .evaluate import evaluate_command
 from .models import models_command
 from .register import register_command
 from .report import report_command
@@ -21,6 +22,7 @@ app.command("register")(register_command)
 app.command("batch")(batch_command)
 app.command("report")(report_command)
 app.command("models")(models_command)
+app.command("evaluate")(evaluate_command)
 
 
 def _version(value: bool) -> None:
