@@ -127,7 +127,7 @@ def test_sar_looks_are_bounded(optical_crop):
     for looks in (1, 4):
         assert pseudo_sar(optical_crop, np.random.default_rng(0), looks=looks).shape == optical_crop.shape
     with pytest.raises(ValueError):
-        pseudo_sar(optical_crop, np.random.default_rng(0), looks=5)
+        pseudo_sar(optical_crop, np.random.default_rng(0), looks=0.5)
 
 
 # --- catalogue --------------------------------------------------------------------------
