@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="write the weights and a checkpoint every N steps; a rerun of the same command resumes")
     args = ap.parse_args(argv)
 
+    args.commit = _commit()  # the code that starts the run: later commits do not change what it runs
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,7 +218,7 @@ def _save(model: DistillMatch, args: argparse.Namespace, dataset: PairDataset, d
         "pseudo_infrared": args.pseudo_infrared, "max_angle_deg": args.max_angle, "lr": args.lr, "seed": args.seed,
         "hardware": _hardware(device),
         "train_time_s": round(time.perf_counter() - start, 1),
-        "dmreg_commit": _commit(),
+        "dmreg_commit": args.commit,
         "final_losses": log[-1] if log else None,
         "coarse_stride": COARSE_STRIDE,
     }
@@ -240,9 +241,13 @@ def _hardware(device: torch.device) -> str:
 
 
 def _commit() -> str | None:
+    """HEAD's short hash, marked '+changes' when tracked files differ from it."""
     try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "dmreg"],
+                               capture_output=True).returncode != 0
+        return f"{head}+changes" if dirty else head
     except (OSError, subprocess.CalledProcessError):
         return None
 
