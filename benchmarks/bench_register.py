@@ -219,16 +219,19 @@ def run_child(cmd: list[str], log: Path) -> tuple[int, float, float]:
 
 
 def register_case(dmreg: str, case: Case, spec: str) -> dict:
-    """One registration; ``spec`` is a matcher name, optionally ``name:model`` to force a model."""
+    """One registration; ``spec`` is a matcher name, optionally ``name@weights`` for learned
+    weights (a shipped name or a path) and ``:model`` to force a model."""
     matcher, _, model = spec.partition(":")
-    tag = f"{case.name}_{matcher}" + (f"_{model}" if model else "")
+    matcher, _, weights = matcher.partition("@")
+    tag = f"{case.name}_{matcher}" + (f"_{Path(weights).name}" if weights else "") + (f"_{model}" if model else "")
     report = RESULTS / f"{tag}.json"
     output = RESULTS / f"{tag}.tif"
     for p in (report, output):
         p.unlink(missing_ok=True)
     cmd = [dmreg, "register", str(case.ref), str(case.mov), "-o", str(output), "--report", str(report),
            "--ref-band", str(case.ref_band), "--mov-band", str(case.mov_band), "--matcher", matcher,
-           "--overwrite", "-q", *(["--model", model] if model else []), *case.extra_args]
+           "--overwrite", "-q", *(["--model", model] if model else []), *(["--weights", weights] if weights else []),
+           *case.extra_args]
     rc, wall, peak_mb = run_child(cmd, RESULTS / f"{tag}.log")
     row = {"case": case.name, "matcher": spec, "rc": rc, "wall_s": wall, "peak_mb": peak_mb,
            "command": " ".join(cmd)}
@@ -290,8 +293,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", help="comma-separated case names (default: all)")
     ap.add_argument("--matchers", default="structural,sift",
-                    help="comma-separated matchers, each optionally NAME:MODEL to force a model "
-                         "(e.g. structural:translation); default: %(default)s")
+                    help="comma-separated matchers, each optionally NAME@WEIGHTS (learned weights) and "
+                         "NAME:MODEL to force a model (e.g. structural:translation, "
+                         "distillmatch@distillmatch-v0.2); default: %(default)s")
     args = ap.parse_args()
 
     dmreg = find_dmreg("bench_register")

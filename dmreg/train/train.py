@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from dmreg.train.checkpoint import checkpoint_path, load_checkpoint, save_checkp
 from dmreg.train.data import PairDataset
 from dmreg.train.homography import HomographyRange
 from dmreg.train.modalities import PSEUDO_INFRARED, simulations, with_modalities
+from dmreg.train.provenance import commit, hardware
 from dmreg.train.split import HELD_OUT_SCENES
 from dmreg.train.losses import (coarse_ground_truth, coarse_loss, distillation_loss, fine_loss, modality_loss,
                                 warp_features)
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="write the weights and a checkpoint every N steps; a rerun of the same command resumes")
     args = ap.parse_args(argv)
 
-    args.commit = _commit()  # the code that starts the run: later commits do not change what it runs
+    args.commit = commit()  # the code that starts the run: later commits do not change what it runs
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -216,7 +215,7 @@ def _save(model: DistillMatch, args: argparse.Namespace, dataset: PairDataset, d
         "validation_split": "dmreg/train/split.py",
         "steps": step, "batch": args.batch, "crop": args.size, "simulate_prob": args.simulate_prob,
         "pseudo_infrared": args.pseudo_infrared, "max_angle_deg": args.max_angle, "lr": args.lr, "seed": args.seed,
-        "hardware": _hardware(device),
+        "hardware": hardware(device),
         "train_time_s": round(time.perf_counter() - start, 1),
         "dmreg_commit": args.commit,
         "final_losses": log[-1] if log else None,
@@ -232,24 +231,6 @@ def _collate(items: list[dict]) -> dict:
     out = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0] if k != "scene"}
     out["scene"] = [it["scene"] for it in items]
     return out
-
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def _commit() -> str | None:
-    """HEAD's short hash, marked '+changes' when tracked files differ from it."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", "dmreg"],
-                               capture_output=True).returncode != 0
-        return f"{head}+changes" if dirty else head
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":

@@ -7,17 +7,17 @@ their own pair of files with ``--weights PATH`` (either file of the pair).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from dmreg.errors import InputError
 from dmreg.matchers.distillmatch.config import DistillMatchConfig
 from dmreg.matchers.distillmatch.model import DistillMatch
+from dmreg.weightfiles import file_sha256, pair_paths, path_stem, state_mismatch, write_atomic
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = "distillmatch-v0.2"
@@ -43,15 +43,16 @@ class WeightsCard:
 
 
 def save_weights(model: DistillMatch, path: str | Path, provenance: dict) -> WeightsCard:
-    """Write ``<path>.safetensors`` and ``<path>.json``; ``provenance`` says what data,
-    teacher, steps and hardware made the weights."""
-    stem = _stem(path)
-    tensors, card_path = _pair(stem)
+    """Write ``<path>.safetensors`` and ``<path>.json``, each through a temporary file
+    renamed into place; ``provenance`` says what data, teacher, steps and hardware made
+    the weights."""
+    stem = path_stem(path)
+    tensors, card_path = pair_paths(stem)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tensors), metadata={"format": FORMAT})
-    card = {"format": FORMAT, "name": stem.name, "config": model.conf.to_dict(), "sha256": _sha256(tensors),
+    write_atomic(tensors, save(state, metadata={"format": FORMAT}))
+    card = {"format": FORMAT, "name": stem.name, "config": model.conf.to_dict(), "sha256": file_sha256(tensors),
             "provenance": provenance}
-    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    write_atomic(card_path, (json.dumps(card, indent=2) + "\n").encode("utf-8"))
     return read_card(stem)
 
 
@@ -59,15 +60,15 @@ def resolve(weights: str | Path | None) -> Path:
     """A shipped weights name or a user path -> the path stem of the pair."""
     if weights is None:
         weights = DEFAULT_WEIGHTS
-    stem = _stem(weights)
-    if stem.parent != Path(".") or any(p.exists() for p in _pair(stem)):
+    stem = path_stem(weights)
+    if stem.parent != Path(".") or any(p.exists() for p in pair_paths(stem)):
         return stem
     return WEIGHTS_DIR / stem.name
 
 
 def read_card(stem: str | Path) -> WeightsCard:
     stem = Path(stem)
-    tensors, card_path = _pair(stem)
+    tensors, card_path = pair_paths(stem)
     if not card_path.exists() or not tensors.exists():
         shipped = ", ".join(p.name[: -len(".json")] for p in _shipped_pairs()) or "none"
         raise WeightsError(
@@ -84,7 +85,7 @@ def read_card(stem: str | Path) -> WeightsCard:
         config = DistillMatchConfig.from_dict(card["config"])
     except (InputError, TypeError) as exc:
         raise WeightsError(f"{card_path}: {exc}") from exc
-    return WeightsCard(name=card.get("name", stem.name), tensors=tensors, sha256=_sha256(tensors),
+    return WeightsCard(name=card.get("name", stem.name), tensors=tensors, sha256=file_sha256(tensors),
                        config=config, provenance=card.get("provenance", {}))
 
 
@@ -96,15 +97,9 @@ def load_model(weights: str | Path | None = None) -> tuple[DistillMatch, Weights
         state = load_file(str(card.tensors))
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"{card.tensors}: not a readable safetensors file ({exc})") from exc
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
+    if (mismatch := state_mismatch(model.state_dict(), state)) is not None:
         raise WeightsError(
-            f"{card.tensors} does not fit the network in {card.tensors.with_suffix('.json').name}: "
-            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}"
-        )
+            f"{card.tensors} does not fit the network in {card.tensors.with_suffix('.json').name}: {mismatch}")
     model.load_state_dict(state, strict=True)
     return model.eval(), card
 
@@ -114,36 +109,14 @@ def available() -> list[WeightsCard]:
     cards = []
     for card_path in _shipped_pairs():
         try:
-            cards.append(read_card(_stem(card_path)))
+            cards.append(read_card(path_stem(card_path)))
         except InputError:
             continue
     return cards
 
 
 def _shipped_pairs() -> list[Path]:
-    return [p for p in sorted(WEIGHTS_DIR.glob("*.json")) if _pair(_stem(p))[0].exists()]
-
-
-def _stem(path: str | Path) -> Path:
-    """Strip only our own suffixes: a dot elsewhere in a name is part of the name."""
-    p = Path(path)
-    for suffix in (".json", ".safetensors"):
-        if p.name.endswith(suffix):
-            return p.with_name(p.name[: -len(suffix)])
-    return p
-
-
-def _pair(stem: Path) -> tuple[Path, Path]:
-    """(tensors, card) paths of a stem."""
-    return stem.with_name(f"{stem.name}.safetensors"), stem.with_name(f"{stem.name}.json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return [p for p in sorted(WEIGHTS_DIR.glob("*.json")) if pair_paths(path_stem(p))[0].exists()]
 
 
 __all__ = ["DEFAULT_WEIGHTS", "WeightsCard", "WeightsError", "available", "load_model", "save_weights"]

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +28,8 @@ import cv2
 import numpy as np
 import torch
 
+from dmreg.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from dmreg.train.provenance import commit, hardware
 from dmreg.train.simulate import pseudo_infrared
 from dmreg.train.split import HELD_OUT_SCENES, TNO_VALIDATION_PAIRS, VALIDATION_ONLY
 from dmreg.train.v2igan.data import Crop, PairCrops, catalogue, fixed_crops, full_pair, provenance, split
@@ -39,6 +38,7 @@ from dmreg.train.v2igan.losses import (lsgan_discriminator_loss, lsgan_generator
 from dmreg.train.v2igan.model import (KINDS, RECEPTIVE_FIELD, PatchDiscriminator, V2IConfig, V2IGenerator,
                                       count_parameters)
 from dmreg.train.v2igan.weights import generate, save_generator
+from dmreg.weightfiles import write_atomic
 
 REPO = Path(__file__).resolve().parents[3]
 CKPT_FORMAT = "dmreg.v2igan.ckpt/1"
@@ -162,27 +162,7 @@ def sample_picture(generator: V2IGenerator, rows: Sequence[tuple[Crop, str]], pa
     ok, png = cv2.imencode(".png", np.vstack(lines))
     if not ok:
         raise RuntimeError("PNG encoding failed")
-    tmp = path.with_name(path.name + ".dmreg-tmp")
-    tmp.write_bytes(png.tobytes())
-    os.replace(tmp, path)
-
-
-def _hardware() -> str:
-    name = platform.processor() or platform.machine()
-    try:  # Linux names the model; platform.processor() is often empty there
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"CPU {name}, {torch.get_num_threads()} thread(s)"
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    write_atomic(path, png.tobytes())
 
 
 def _run_settings(args: argparse.Namespace) -> dict:
@@ -193,12 +173,6 @@ def _run_settings(args: argparse.Namespace) -> dict:
 
 def _loss_weights(args: argparse.Namespace) -> dict[str, float]:
     return {"adversarial": args.weight_adv, "l1": args.weight_l1, "structure": args.weight_structure}
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".dmreg-tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -242,7 +216,7 @@ def run(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out.with_name(out.name + ".ckpt.pt")
+    ckpt_path = checkpoint_path(out)
     log_path = out.with_name(out.name + ".log.jsonl")
 
     sources = catalogue(args.examples_dir, args.data)
@@ -254,8 +228,7 @@ def run(argv: list[str] | None = None) -> dict:
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
     settings = _run_settings(args)
     start_step, history, train_time = 0, [], 0.0
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if (ckpt := load_checkpoint(ckpt_path)) is not None:
         if ckpt.get("format") != CKPT_FORMAT or ckpt["config"] != conf.to_dict() or ckpt["settings"] != settings:
             raise SystemExit(f"{ckpt_path} is from a run with other settings ({ckpt.get('config')}, "
                              f"{ckpt.get('settings')}); pass the same options or another --out")
@@ -271,7 +244,7 @@ def run(argv: list[str] | None = None) -> dict:
     log_path.write_text("".join(json.dumps(e) + "\n" for e in history), encoding="utf-8")
 
     def checkpoint(step: int) -> None:
-        _save_checkpoint(ckpt_path, {
+        save_checkpoint(ckpt_path, {
             "format": CKPT_FORMAT, "step": step, "config": conf.to_dict(), "settings": settings,
             "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -350,10 +323,10 @@ def run(argv: list[str] | None = None) -> dict:
                    "weights": weights},
         "parameters": {"generator": count_parameters(generator), "discriminator": count_parameters(discriminator),
                        "discriminator_receptive_field_px": RECEPTIVE_FIELD},
-        "hardware": _hardware(),
+        "hardware": hardware(),
         "train_time_s": round(train_time, 1),
         "time_per_step_s": round(train_time / final_step, 3) if final_step else None,
-        "dmreg_commit": _commit(),
+        "dmreg_commit": commit(),
         "final_losses": history[-1] if history else None,
         "validation": validation,
         "gan_closer_than": verdict,

@@ -13,9 +13,7 @@ matcher's training: a learned counterpart of ``dmreg.train.simulate.pseudo_infra
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from safetensors.torch import load_file, save
 from dmreg.errors import InputError
 from dmreg.io.sampling import normalise_contrast
 from dmreg.train.v2igan.model import KINDS, V2IConfig, V2IGenerator
+from dmreg.weightfiles import file_sha256, pair_paths, path_stem, state_mismatch, write_atomic
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = "v2igan-v1"
@@ -53,32 +52,28 @@ class V2ICard:
 def save_generator(generator: V2IGenerator, path: str | Path, provenance: dict) -> V2ICard:
     """Write ``<path>.safetensors`` and ``<path>.json``, each through a temporary file
     renamed into place (a crash never leaves half a weight file)."""
-    stem = _stem(path)
-    tensors, card_path = _pair(stem)
+    stem = path_stem(path)
+    tensors, card_path = pair_paths(stem)
     tensors.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    tmp = tensors.with_name(tensors.name + ".dmreg-tmp")
-    tmp.write_bytes(save(state, metadata={"format": FORMAT}))  # not save_file: that makes the file owner-only
-    os.replace(tmp, tensors)
-    card = {"format": FORMAT, "name": stem.name, "config": generator.conf.to_dict(), "sha256": _sha256(tensors),
+    write_atomic(tensors, save(state, metadata={"format": FORMAT}))
+    card = {"format": FORMAT, "name": stem.name, "config": generator.conf.to_dict(), "sha256": file_sha256(tensors),
             "provenance": provenance}
-    tmp = card_path.with_name(card_path.name + ".dmreg-tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, card_path)
+    write_atomic(card_path, (json.dumps(card, indent=2) + "\n").encode("utf-8"))
     return read_card(stem)
 
 
 def resolve(weights: str | Path | None) -> Path:
     """A shipped weights name (or None: the default) or a user path -> the path stem."""
-    stem = _stem(weights if weights is not None else DEFAULT_WEIGHTS)
-    if stem.parent != Path(".") or any(p.exists() for p in _pair(stem)):
+    stem = path_stem(weights if weights is not None else DEFAULT_WEIGHTS)
+    if stem.parent != Path(".") or any(p.exists() for p in pair_paths(stem)):
         return stem
     return WEIGHTS_DIR / stem.name
 
 
 def read_card(stem: str | Path) -> V2ICard:
     stem = Path(stem)
-    tensors, card_path = _pair(stem)
+    tensors, card_path = pair_paths(stem)
     if not card_path.exists() or not tensors.exists():
         raise V2IWeightsError(
             f"V2I-GAN weights {stem} not found (need {card_path.name} and {tensors.name}); train some with "
@@ -91,7 +86,7 @@ def read_card(stem: str | Path) -> V2ICard:
         config = V2IConfig.from_dict(card["config"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise V2IWeightsError(f"{card_path}: not a readable {FORMAT} weights card ({exc})") from exc
-    return V2ICard(name=card.get("name", stem.name), tensors=tensors, sha256=_sha256(tensors), config=config,
+    return V2ICard(name=card.get("name", stem.name), tensors=tensors, sha256=file_sha256(tensors), config=config,
                    provenance=card.get("provenance", {}))
 
 
@@ -104,13 +99,8 @@ def load_generator(weights: str | Path | None = None) -> tuple[V2IGenerator, V2I
         state = load_file(str(card.tensors))
     except (SafetensorError, OSError) as exc:
         raise V2IWeightsError(f"{card.tensors}: not a readable safetensors file ({exc})") from exc
-    expected = generator.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise V2IWeightsError(f"{card.tensors} does not fit the generator of its card: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}")
+    if (mismatch := state_mismatch(generator.state_dict(), state)) is not None:
+        raise V2IWeightsError(f"{card.tensors} does not fit the generator of its card: {mismatch}")
     generator.load_state_dict(state, strict=True)
     return generator.eval(), card
 
@@ -160,35 +150,13 @@ def translate(img: np.ndarray, kind: str, rng: np.random.Generator | None = None
     the generator is loaded once per process. Runs on the CPU with torch's thread setting.
     """
     stem = resolve(weights)
-    tensors = _pair(stem)[0]
+    tensors = pair_paths(stem)[0]
     if not tensors.is_file():
         read_card(stem)  # raises the error that says what to do
     stat = tensors.stat()
     generator = _cached_generator(str(stem), stat.st_mtime_ns, stat.st_size)
     with _LOCK:  # one forward at a time per process: the cached module is shared
         return generate(generator, img, kind, rng)
-
-
-def _stem(path: str | Path) -> Path:
-    """Strip only our own suffixes: a dot elsewhere in a name is part of the name."""
-    p = Path(path)
-    for suffix in (".json", ".safetensors"):
-        if p.name.endswith(suffix):
-            return p.with_name(p.name[: -len(suffix)])
-    return p
-
-
-def _pair(stem: Path) -> tuple[Path, Path]:
-    """(tensors, card) paths of a stem."""
-    return stem.with_name(f"{stem.name}.safetensors"), stem.with_name(f"{stem.name}.json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 __all__ = ["DEFAULT_WEIGHTS", "V2ICard", "V2IWeightsError", "generate", "load_generator", "read_card", "resolve",
