@@ -32,7 +32,7 @@ def models_command(
         table.add_column(column)
     for w in weights:
         p = w.get("provenance", {})
-        data = p.get("data", "?")
+        data = sorted(p["data_sources"]) if "data_sources" in p else p.get("data", "?")  # collections, not 70 scenes
         table.add_row(w["name"], w.get("sha256", "")[:12], str(p.get("teacher", "?")),
                       ", ".join(data) if isinstance(data, list) else str(data),
                       str(p.get("steps", "?")), str(p.get("hardware", "?")))

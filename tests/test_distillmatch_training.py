@@ -17,7 +17,7 @@ from dmreg.matchers.base import MODALITIES
 from dmreg.matchers.distillmatch.config import LEGACY_MODALITIES, DistillMatchConfig
 from dmreg.matchers.distillmatch.model import DistillMatch
 from dmreg.errors import InputError
-from dmreg.train.catalogue import catalogue
+from dmreg.train.catalogue import ORIGINS, catalogue
 from dmreg.train.data import PairDataset
 from dmreg.train.modalities import simulations, with_modalities
 from dmreg.train.split import is_validation
@@ -251,6 +251,8 @@ def test_a_stopped_run_resumes_from_its_checkpoint(tmp_path, capsys, monkeypatch
     assert "at step 2" in capsys.readouterr().out
     log = json.loads((tmp_path / "stopped.trainlog").read_text())
     assert [e["step"] for e in log] == [1, 2, 3, 4]
+    card = json.loads((tmp_path / "stopped.json").read_text())
+    assert card["provenance"]["data_sources"] == {"landsat": ORIGINS["landsat"]}  # the card names its data
     whole = torch.load(tmp_path / "whole.ckpt.pt", weights_only=True)["model"]
     resumed = torch.load(tmp_path / "stopped.ckpt.pt", weights_only=True)["model"]
     for key in whole:

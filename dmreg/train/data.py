@@ -121,11 +121,15 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
+    @property
+    def collections(self) -> list[str]:
+        return sorted(self._collections)
+
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.length:
             raise IndexError(i)
         rng = np.random.default_rng([self.seed, i])
-        collections = sorted(self._collections)
+        collections = self.collections
         in_collection = self._collections[collections[rng.integers(len(collections))]]
         scene = in_collection[rng.integers(len(in_collection))]
         bands = self._bands[scene]

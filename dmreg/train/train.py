@@ -22,7 +22,7 @@ from dmreg.matchers.distillmatch.config import DistillMatchConfig
 from dmreg.matchers.base import MODALITIES
 from dmreg.matchers.distillmatch.model import COARSE_STRIDE, DistillMatch, cell_validity
 from dmreg.matchers.distillmatch.weights import load_model, save_weights
-from dmreg.train.catalogue import catalogue
+from dmreg.train.catalogue import ORIGINS, catalogue
 from dmreg.train.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from dmreg.train.data import PairDataset
 from dmreg.train.homography import HomographyRange
@@ -211,6 +211,7 @@ def _save(model: DistillMatch, args: argparse.Namespace, dataset: PairDataset, d
         "teacher_weights": Path(args.teacher_weights).name if args.teacher_weights else None,
         "initialised_from": args.init_from,
         "data": sorted(dataset.scenes),
+        "data_sources": {c: ORIGINS[c] for c in dataset.collections},
         "held_out_scenes": list(HELD_OUT_SCENES),
         "validation_split": "dmreg/train/split.py",
         "steps": step, "batch": args.batch, "crop": args.size, "simulate_prob": args.simulate_prob,
