@@ -177,3 +177,15 @@ def multiband(l7, l7_ref, case_dir) -> Case:
         return np.asarray(x, float) + dx, np.asarray(y, float) + dy
 
     return Case("multiband", l7_ref, mov, truth, (l7["width"], l7["height"]), stack)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """A training job may share this machine: torch tests run on one thread (used by the
+    learned-model test modules through ``pytestmark``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

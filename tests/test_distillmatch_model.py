@@ -58,13 +58,7 @@ SMALL = DistillMatchConfig(widths=(8, 16, 32), coarse_dim=32, fine_dim=16, n_lay
                            teacher_dim=TINY_TEACHER["embed_dim"], modality_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A training job may share this machine: keep every test on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model(seed: int = 0, **changes: object) -> DistillMatch:

@@ -29,13 +29,7 @@ TINY_RUN = ["--examples-dir", str(EXAMPLES), "--size", "32", "--batch", "2", "--
             "--disc-width", "8", "--val-crops", "1", "--log-every", "1", "--save-every", "1", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Other tests and engineers share the CPU: one core for torch here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n: int = 2, size: int = 32) -> dict[str, torch.Tensor]:

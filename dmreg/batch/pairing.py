@@ -3,7 +3,6 @@ manifest, or a folder of references searched by footprint."""
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import logging
 import re
@@ -19,6 +18,7 @@ from shapely.geometry import Polygon, box
 
 from dmreg.errors import InputError, NoOverlapError, UsageError
 from dmreg.io.raster import gdal_env
+from dmreg.io.tables import csv_rows
 
 log = logging.getLogger("dmreg")
 
@@ -78,8 +78,7 @@ def pairs_from_manifest(manifest: Path) -> list[Pair]:
         text = manifest.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{manifest}: cannot read the manifest ({exc})") from None
-    rows = list(csv.reader(text.splitlines()))
-    rows = [r for r in rows if any(cell.strip() for cell in r) and not r[0].lstrip().startswith("#")]
+    rows = csv_rows(text)
     if not rows:
         raise InputError(f"{manifest}: the manifest is empty")
     header = [h.strip().lower() for h in rows[0]]

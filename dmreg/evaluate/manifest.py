@@ -39,7 +39,6 @@ check-point file that does not exist is an :class:`InputError` (exit code 3).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -50,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from dmreg.errors import InputError, UsageError
+from dmreg.io.tables import csv_rows
 
 SCHEMA = "dmreg.pairs/1"
 MANIFEST_NAMES = ("manifest.json", "manifest.csv")
@@ -177,7 +177,7 @@ def _from_json(manifest: Path, text: str) -> list[EvalPair]:
 
 
 def _from_csv(manifest: Path, text: str) -> list[EvalPair]:
-    rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    rows = csv_rows(text)
     if not rows:
         raise UsageError(f"{manifest}: the manifest is empty")
     header = [h.strip().lower() for h in rows[0]]
@@ -284,7 +284,7 @@ def _read_points_csv(path: Path, where: str) -> list[list[float]]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{where}: cannot read {path} ({exc})") from None
-    rows = [r for r in csv.reader(text.splitlines()) if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    rows = csv_rows(text)
     if rows and [c.strip().lower() for c in rows[0]] == list(CHECK_POINT_COLUMNS):
         rows = rows[1:]
     out = []

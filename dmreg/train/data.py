@@ -29,7 +29,7 @@ from dmreg.io.sampling import normalise_contrast
 from dmreg.matchers.base import MODALITIES
 from dmreg.train.catalogue import BandSource
 from dmreg.train.homography import HomographyRange, random_homography, warp_image
-from dmreg.train.simulate import SIMULATIONS, Simulation, photometric_jitter
+from dmreg.train.simulate import SIMULATIONS, Simulation, draw_classes, photometric_jitter
 
 log = logging.getLogger(__name__)
 
@@ -229,16 +229,11 @@ def _crop_offset(rng: np.random.Generator, n: int, s: int) -> int:
 
 
 def _draw_categories(classes: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A class map drawn as a map is: a random flat grey per class (the numbering of
-    classes carries no brightness order) and dark 1-pixel lines where the class changes."""
+    """A land-cover band drawn like a map (the numbering of classes carries no
+    brightness order), its class numbers shifted to start at 0."""
     ids = np.where(valid, classes, 0).astype(np.int64)
     ids -= ids.min()
-    out = rng.uniform(0.25, 1.0, int(ids.max()) + 1).astype(np.float32)[ids]
-    edge = np.zeros(ids.shape, bool)
-    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
-    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
-    out[edge] = rng.uniform(0.0, 0.15)
-    return out
+    return draw_classes(ids, int(ids.max()) + 1, rng)
 
 
 def _fill_invalid(img: np.ndarray, valid: np.ndarray) -> np.ndarray:

@@ -98,8 +98,15 @@ def pseudo_map(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     cuts = np.sort(rng.uniform(0.1, 0.9, n_classes - 1))
     classes = np.digitize(smooth, np.quantile(smooth, cuts)).astype(np.uint8)
     classes = cv2.medianBlur(classes, 5)  # drop specks a cartographer would not draw
+    return draw_classes(classes, n_classes, rng)
+
+
+def draw_classes(classes: np.ndarray, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Class numbers 0..n_classes-1 drawn as a map draws them: a random flat grey per
+    class (maps colour land use, not brightness) and dark 1-pixel lines where the class
+    changes."""
     out = rng.uniform(0.25, 1.0, n_classes).astype(np.float32)[classes]
-    edge = np.zeros(img.shape, bool)
+    edge = np.zeros(classes.shape, bool)
     edge[:, 1:] |= classes[:, 1:] != classes[:, :-1]
     edge[1:, :] |= classes[1:, :] != classes[:-1, :]
     out[edge] = rng.uniform(0.0, 0.15)
