@@ -11,8 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .console import configure_logging, exit_codes, stderr
-from .options import (CreationOptions, Debug, Device, DstNodata, GridName, MatcherName, MaxOffset, MaxTiles,
-                      MinInliers, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
+from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, MatcherName, MaxError, MaxOffset,
+                      MaxTiles, MinInliers, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
                       RefModality, ResamplingName, TileOverlap, TileSize, Verbose, Weights, output_options,
                       register_options)
 from .report import pairs_table
@@ -56,6 +56,9 @@ def batch_command(
     max_offset: MaxOffset = None,
     ransac_threshold: RansacThreshold = 1.5,
     min_inliers: MinInliers = 12,
+    max_error: MaxError = None,
+    rotation_search: RotationSearch = None,
+    flip: Flip = False,
     grid: GridName = "reference",
     no_resample: NoResample = False,
     resampling: ResamplingName = "bilinear",
@@ -70,7 +73,7 @@ def batch_command(
 
     A rerun skips complete pairs and redoes partial or failed ones.
 
-    Exit codes: 0 every pair ok or already complete, 2 usage, 3 unreadable manifest or folder, 7 another run holds OUT's lock, 8 one or more pairs failed (each pair's code is in the summary), 143 stopped by SIGTERM.
+    Exit codes: 0 every pair ok or already complete, 2 usage, 3 unreadable manifest or folder, 7 another run holds OUT's lock, 8 one or more pairs failed or were flagged by --max-error (each pair's status and code are in the summary), 143 stopped by SIGTERM.
     """
     configure_logging(quiet, verbose)
     signal.signal(signal.SIGTERM, _stop)
@@ -81,6 +84,7 @@ def batch_command(
             matcher=matcher, weights=weights, device=device, model=model, ref_band=ref_band, mov_band=mov_band,
             ref_modality=ref_modality, mov_modality=mov_modality, tile_size=tile_size, tile_overlap=tile_overlap,
             max_tiles=max_tiles, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
+            max_error=max_error, rotation_search=rotation_search, flip=flip,
         )
         outputs = output_options(grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata,
                                  co=co, overwrite=False)

@@ -8,9 +8,8 @@ import typer
 from rasterio.enums import Resampling
 
 from dmreg.errors import UsageError
-from dmreg.estimate.models import KINDS
 from dmreg.matchers import MATCHERS, MODALITIES
-from dmreg.pipeline import OutputOptions, RegisterOptions
+from dmreg.pipeline import MODEL_CHOICES, OutputOptions, RegisterOptions
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only (for cron).")]
@@ -26,7 +25,9 @@ MatcherName = Annotated[str, typer.Option("--matcher", help=f"Matcher: {', '.joi
 Weights = Annotated[str | None, typer.Option(
     "--weights", help="Learned matcher weights: a shipped name (see `dmreg models`) or a path.")]
 Device = Annotated[str, typer.Option("--device", help="Learned matcher device: auto, cpu, cuda or cuda:N.")]
-Model = Annotated[str, typer.Option("--model", help=f"auto or one of: {', '.join(KINDS)}.")]
+Model = Annotated[str, typer.Option("--model", help=(
+    f"{', '.join(MODEL_CHOICES)}. auto: the model that best predicts held-out tiles; local: a smooth field of "
+    "local shifts on top of the best global model."))]
 RefBand = Annotated[int, typer.Option("--ref-band", help="Reference band used for matching (1-based).")]
 MovBand = Annotated[int, typer.Option("--mov-band", help="Moving band used for matching (1-based).")]
 RefModality = Annotated[str | None, typer.Option("--ref-modality", help=f"Hint: {', '.join(MODALITIES)}.")]
@@ -39,6 +40,13 @@ MaxOffset = Annotated[float | None, typer.Option(
     "overlap).")]
 RansacThreshold = Annotated[float, typer.Option("--ransac-threshold", help="RANSAC inlier threshold in pixels.")]
 MinInliers = Annotated[int, typer.Option("--min-inliers", help="Fewer inliers than this fails with exit code 5.")]
+MaxError = Annotated[float | None, typer.Option(
+    "--max-error", help="Flag the result (exit code 9, no raster written) when its predicted error (CE90, "
+    "reference pixels) exceeds this.")]
+RotationSearch = Annotated[bool | None, typer.Option(
+    "--rotation-search/--no-rotation-search", help="Try orientations over the full circle at the coarse level "
+    "(default: on for pixel-space pairs, off for georeferenced ones).")]
+Flip = Annotated[bool, typer.Option("--flip", help="The rotation search also tries the mirrored moving image.")]
 # how to write
 GridName = Annotated[str, typer.Option(
     "--grid", help="Output grid: reference (CRS, transform and size of the reference) or moving (its own, "
@@ -66,7 +74,8 @@ def parse_creation_options(items: list[str] | None) -> dict[str, str]:
 def register_options(*, matcher: str, weights: str | None, device: str, model: str, ref_band: int, mov_band: int,
                      ref_modality: str | None, mov_modality: str | None, tile_size: int, tile_overlap: int,
                      max_tiles: int, max_offset: float | None, ransac_threshold: float,
-                     min_inliers: int) -> RegisterOptions:
+                     min_inliers: int, max_error: float | None = None, rotation_search: bool | None = None,
+                     flip: bool = False) -> RegisterOptions:
     """RegisterOptions from command-line values, with the checks the library leaves to the CLI."""
     for flag, value in (("--ref-modality", ref_modality), ("--mov-modality", mov_modality)):
         if value is not None and value not in MODALITIES:
@@ -75,7 +84,8 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
         ref_band=ref_band, mov_band=mov_band, matcher=matcher, weights=weights, device=device, model=model,
         tile_size=tile_size, tile_overlap=tile_overlap, max_tiles=max_tiles, max_offset_px=max_offset,
         ransac_threshold_px=ransac_threshold, min_inliers=min_inliers,
-        ref_modality=ref_modality, mov_modality=mov_modality,
+        ref_modality=ref_modality, mov_modality=mov_modality, max_error_px=max_error,
+        rotation_search=rotation_search, flip=flip,
     )
 
 

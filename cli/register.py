@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .console import configure_logging, exit_codes, stderr
-from .options import (CreationOptions, Debug, Device, DstNodata, GridName, MatcherName, MaxOffset, MaxTiles,
-                      MinInliers, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
+from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, MatcherName, MaxError, MaxOffset,
+                      MaxTiles, MinInliers, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
                       RefModality, ResamplingName, TileOverlap, TileSize, Verbose, Weights, output_options,
                       register_options)
 from dmreg.errors import UsageError
@@ -42,6 +42,9 @@ def register_command(
     max_offset: MaxOffset = None,
     ransac_threshold: RansacThreshold = 1.5,
     min_inliers: MinInliers = 12,
+    max_error: MaxError = None,
+    rotation_search: RotationSearch = None,
+    flip: Flip = False,
     grid: GridName = "reference",
     no_resample: NoResample = False,
     resampling: ResamplingName = "bilinear",
@@ -56,7 +59,9 @@ def register_command(
     """Co-register MOVING to REFERENCE and write the aligned raster and reports.
 
     Exit codes: 0 ok, 2 usage, 3 input unreadable/invalid, 4 no overlap,
-    5 registration failed, 6 output exists (use --overwrite).
+    5 registration failed (too few matches, or no model that random matches could not
+    explain), 6 output exists (use --overwrite), 9 flagged: predicted error above
+    --max-error (the report is written, the raster is not).
     """
     configure_logging(quiet, verbose)
     with exit_codes(debug):
@@ -66,6 +71,7 @@ def register_command(
             matcher=matcher, weights=weights, device=device, model=model, ref_band=ref_band, mov_band=mov_band,
             ref_modality=ref_modality, mov_modality=mov_modality, tile_size=tile_size, tile_overlap=tile_overlap,
             max_tiles=max_tiles, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
+            max_error=max_error, rotation_search=rotation_search, flip=flip,
         )
         outputs = output_options(
             grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata, co=co,

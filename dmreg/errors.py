@@ -37,6 +37,17 @@ class RegistrationError(DmregError, RuntimeError):
     exit_code = 5
 
 
+class FlaggedError(RegistrationError):
+    """A mapping was estimated but its predicted error exceeds the user's ``--max-error``:
+    nothing is written as if it were good. ``result`` holds the estimate for inspection."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result
+
+
 class OutputExistsError(DmregError, FileExistsError):
     """An output exists and ``overwrite`` was not asked for."""
 
@@ -60,5 +71,6 @@ EXIT_CODES: dict[int, str] = {
     5: "registration failed (too few inliers, unstable transform)",
     6: "an output exists and --overwrite was not given",
     7: "dmreg batch: another run holds the output folder's lock",
-    PAIRS_FAILED: "dmreg batch: one or more pairs failed (their codes are in summary.csv/json)",
+    PAIRS_FAILED: "dmreg batch: one or more pairs failed or were flagged (their codes are in summary.csv/json)",
+    9: "flagged: the predicted error (CE90) exceeds --max-error; no raster written, the report says why",
 }

@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import shapely
 from rasterio.enums import Resampling
 from shapely.geometry import MultiPoint, Polygon
 
-from dmreg.errors import DmregError, OutputExistsError, RegistrationError, UsageError
+from dmreg.errors import DmregError, FlaggedError, OutputExistsError, RegistrationError, UsageError
 from dmreg.estimate.models import KINDS, Transform
-from dmreg.estimate.robust import ModelFit, fit_all, select_model
+from dmreg.estimate.robust import ModelFit, fit_all, summarise_fit
+from dmreg.estimate.selection import CVScore, choose_model
+from dmreg.estimate.uncertainty import Uncertainty, bootstrap_uncertainty
 from dmreg.geometry.footprint import overlap_in_reference
-from dmreg.geometry.mapping import CorrectedMapping, GeorefMapping
+from dmreg.geometry.mapping import CHECK_GRID_SIZE, CorrectedMapping, GeorefMapping, check_points
 from dmreg.geometry.tiling import Grid, grid_over, plan_tiles
 from dmreg.io.raster import RasterInfo, check_readable, describe, gdal_env, open_raster
 from dmreg.io.sampling import SUPPORTED_RESAMPLING, normalise_contrast, sample_onto_grid
@@ -36,8 +39,21 @@ from dmreg.report import build_failure_report, build_report, tie_points_geojson,
 
 log = logging.getLogger("dmreg")
 
+COARSE_KINDS = ("translation", "similarity", "affine")
+IDENTITY = Transform("translation", matrix=np.eye(3))
+ORIENTATION_SEARCH_SIZE = 256   # longest side of the grid the orientations are tried on
+DEFAULT_ROTATION_STEP_DEG = 15.0  # for matchers that do not say what rotation they tolerate
+SEARCH_SPREAD = 1.5
+"""Matchers accept matches up to 1.5 x ``max_offset`` from the prediction: the radius of
+the disk a random match falls in, for the a-contrario test."""
+
 ProgressFn = Callable[[int, int], None]
 """Called as progress(done, total) after each batch of tiles."""
+
+
+MODEL_CHOICES = ("auto", *KINDS, "local")
+"""``--model``: auto (chosen by cross-validation), a global kind, or local (a smooth field
+on top of the best global kind)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +65,7 @@ class RegisterOptions:
     matcher: str = "structural"
     weights: str | None = None        # learned matchers: a shipped name or a path
     device: str = "auto"              # learned matchers: auto, cpu, cuda, cuda:N
-    model: str = "auto"               # auto or one of estimate.models.KINDS
+    model: str = "auto"               # auto, local or one of estimate.models.KINDS
     tile_size: int = 512              # tile side in working pixels
     tile_overlap: int = 32
     max_tiles: int = 100
@@ -64,11 +80,14 @@ class RegisterOptions:
                                       # peak estimates are unbiased only near zero offset
     ref_modality: str | None = None
     mov_modality: str | None = None
+    max_error_px: float | None = None  # predicted CE90 above this: flagged (FlaggedError), nothing written
+    rotation_search: bool | None = None  # None: on for pixel-space pairs, off for georeferenced ones
+    flip: bool = False                # rotation search also tries the mirrored image
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.model != "auto" and self.model not in KINDS:
-            raise UsageError(f"unknown model {self.model!r}; choose auto or one of: {', '.join(KINDS)}")
+        if self.model not in MODEL_CHOICES:
+            raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(MODEL_CHOICES)}")
         if self.tile_size < 64:
             raise UsageError("--tile-size must be at least 64 pixels")
         if not 0 <= self.tile_overlap < self.tile_size:
@@ -77,6 +96,10 @@ class RegisterOptions:
             raise UsageError("--max-tiles must be at least 1")
         if self.ransac_threshold_px <= 0:
             raise UsageError("--ransac-threshold must be positive")
+        if self.max_error_px is not None and not self.max_error_px > 0:
+            raise UsageError("--max-error must be positive")
+        if self.flip and self.rotation_search is False:
+            raise UsageError("--flip is part of the rotation search: it cannot be combined with --no-rotation-search")
 
 
 @dataclass
@@ -108,12 +131,13 @@ class RegistrationResult:
     correction: Transform
     selected: ModelFit
     fits: dict[str, ModelFit]
-    bic: dict[str, float]
+    scores: dict[str, CVScore]
     matches: Correspondences
     matcher: dict
     tiles: int
     tiles_matched: int
     coarse: dict
+    uncertainty: Uncertainty | None = None  # at the report's check grid
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -154,11 +178,17 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         coarse_grid = grid_over(overlap, options.coarse_size, min_scale=work_scale)
         max_offset = options.max_offset_px or 0.25 * max(coarse_grid.width, coarse_grid.height) * coarse_grid.scale
         t = time.perf_counter()
-        initial, coarse = _coarse_alignment(reader, matcher, georef, coarse_grid, max_offset, options)
+        search = options.rotation_search if options.rotation_search is not None else not ref.georeferenced
+        turn, orientation = (_search_orientation(reader, matcher, georef, overlap, work_scale, options) if search
+                             else (IDENTITY, None))
+        initial, coarse = _coarse_alignment(reader, matcher, georef, coarse_grid, max_offset, options, turn)
+        if orientation:
+            coarse["orientation"] = orientation
         timings["coarse"] = time.perf_counter() - t
         if initial is None:
-            warnings.append(f"coarse alignment failed ({coarse['reason']}); using the georeferencing as is")
-            initial = Transform("translation", matrix=np.eye(3))
+            warnings.append(f"coarse alignment failed ({coarse['reason']}); using the georeferencing as is"
+                            + (" and the orientation search's answer" if orientation else ""))
+            initial = turn
             residual = max_offset
         else:
             residual = 3.0 * coarse["rmse_px"] + 2.0 * coarse_grid.scale
@@ -166,19 +196,29 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         tiles = plan_tiles(overlap, work_scale, options.tile_size, options.tile_overlap, options.max_tiles)
         fine_offset = max(4.0, residual / work_scale)
         threshold = options.ransac_threshold_px * work_scale
+        coarse_model = initial if "model" in coarse else None
+        allowed_departure = SEARCH_SPREAD * fine_offset * work_scale + threshold
         for refinement in range(1 + options.refinements):
             matches, n_matched = _match_tiles(reader, matcher, georef, initial, tiles, fine_offset,
                                               progress, timings)
             log.info("pass %d: %d matches in %d of %d tiles", refinement + 1, len(matches), n_matched, len(tiles))
             t = time.perf_counter()
-            fits, selected, bic = _fit(matches, overlap, threshold, options)
+            fits, selected, scores = _fit(matches, overlap, threshold, SEARCH_SPREAD * fine_offset * work_scale,
+                                          options, final=refinement == options.refinements)
             timings["fit"] += time.perf_counter() - t
             initial, fine_offset = selected.transform, 4.0
+        if coarse_model is not None:
+            coarse["fine_departure_px"] = _check_agreement(coarse_model, selected, overlap, allowed_departure)
+        t = time.perf_counter()
+        at = np.column_stack(georef.apply(*check_points(mov.width, mov.height)))
+        uncertainty = bootstrap_uncertainty(selected.transform, matches.pred_px, matches.ref_px, selected.inliers,
+                                            matches.tile, at, seed=options.seed)
+        timings["uncertainty"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     return RegistrationResult(
         ref=ref, mov=mov, georef=georef, correction=selected.transform, selected=selected, fits=fits,
-        bic=bic, matches=matches, matcher=matcher.describe(), tiles=len(tiles), tiles_matched=n_matched,
-        coarse=coarse, timings_s=timings, warnings=warnings,
+        scores=scores, matches=matches, matcher=matcher.describe(), tiles=len(tiles), tiles_matched=n_matched,
+        coarse=coarse, uncertainty=uncertainty, timings_s=timings, warnings=warnings,
     )
 
 
@@ -216,30 +256,85 @@ def _working_scale(georef: GeorefMapping, mov: RasterInfo) -> float:
 
 
 def _coarse_alignment(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, grid: Grid,
-                      max_offset: float, options: RegisterOptions) -> tuple[Transform | None, dict]:
-    """Match the whole overlap at low resolution; an initial correction or None."""
+                      max_offset: float, options: RegisterOptions,
+                      turn: Transform = IDENTITY) -> tuple[Transform | None, dict]:
+    """Match the whole overlap at low resolution; an initial correction or None.
+    ``turn`` (from the orientation search) is applied to the moving raster first."""
     info: dict = {"scale": round(grid.scale, 4), "size": [grid.width, grid.height]}
-    pair = reader.pair(grid, georef.inverse, max_offset / grid.scale)
-    if pair is None:
-        info["reason"] = "overlap mostly nodata or textureless at coarse level"
+    found = _coarse_matches(reader, matcher, georef, grid, max_offset, turn)
+    if isinstance(found, str):
+        info["reason"] = found
         return None, info
-    found = matcher.match([pair])[0]
-    info["matches"] = len(found)
-    if len(found) < 4:
-        info["reason"] = f"{len(found)} matches"
-        return None, info
-    src = np.column_stack(grid.to_ref(found.mov_xy[:, 0], found.mov_xy[:, 1]))
-    dst = np.column_stack(grid.to_ref(found.ref_xy[:, 0], found.ref_xy[:, 1]))
+    src, dst, confidence = found
+    info["matches"] = len(src)
     threshold = max(options.ransac_threshold_px * grid.scale, 1.0)
-    fits = fit_all(src, dst, threshold, kinds=("translation", "similarity", "affine"),
-                   weights=found.confidence, seed=options.seed)
+    fits = fit_all(src, dst, threshold, kinds=COARSE_KINDS, weights=confidence, seed=options.seed,
+                   search_radius=SEARCH_SPREAD * max_offset)
+    fits = {k: f for k, f in fits.items() if f.meaningful}
     if not fits:
-        info["reason"] = "no consistent model"
+        info["reason"] = "no meaningful model (the consensus could arise from random matches)"
         return None, info
-    kind, _ = select_model(fits, src, dst)
-    chosen = fits[kind]
-    info.update({"model": kind, "inliers": chosen.n_inliers, "rmse_px": round(chosen.rmse_px, 4)})
+    at = np.column_stack(grid.to_ref(*check_points(grid.width, grid.height)))
+    choice = choose_model(fits, src, dst, np.zeros(len(src), int), 2 * threshold, at, order=COARSE_KINDS,
+                          local="no", seed=options.seed)
+    chosen = fits[choice.kind]
+    info.update({"model": chosen.kind, "inliers": chosen.n_inliers, "rmse_px": round(chosen.rmse_px, 4),
+                 "log10_nfa": round(chosen.consensus.log10_nfa, 2)})
     return chosen.transform, info
+
+
+def _coarse_matches(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, grid: Grid, max_offset: float,
+                    turn: Transform) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    """Matches over the whole overlap as (src, dst, confidence) in reference pixels, or
+    why there are none. The moving raster is read through ``turn``, so its matches are
+    mapped back through it."""
+    pair = reader.pair(grid, lambda x, y: georef.inverse(*turn.apply(x, y)), max_offset / grid.scale)
+    if pair is None:
+        return "overlap mostly nodata or textureless at coarse level"
+    found = matcher.match([pair])[0]
+    if len(found) < 4:
+        return f"{len(found)} matches"
+    src = np.column_stack(turn.apply(*grid.to_ref(found.mov_xy[:, 0], found.mov_xy[:, 1])))
+    dst = np.column_stack(grid.to_ref(found.ref_xy[:, 0], found.ref_xy[:, 1]))
+    return src, dst, found.confidence
+
+
+def _search_orientation(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, overlap: Polygon,
+                        work_scale: float, options: RegisterOptions) -> tuple[Transform, dict]:
+    """The orientation (and, with ``flip``, mirroring) of the moving raster under which
+    the coarse matches are most meaningful, tried over the full circle on a small grid at
+    the step the matcher tolerates (``rotation_step_deg``)."""
+    grid = grid_over(overlap, ORIENTATION_SEARCH_SIZE, min_scale=work_scale)
+    max_offset = 0.25 * max(grid.width, grid.height) * grid.scale
+    threshold = max(options.ransac_threshold_px * grid.scale, 1.0)
+    step = float(getattr(matcher, "rotation_step_deg", DEFAULT_ROTATION_STEP_DEG))
+    centre = overlap.centroid
+    trials = [(angle, mirrored) for mirrored in ((False, True) if options.flip else (False,))
+              for angle in np.arange(0.0, 360.0, step)]
+    best = (math.inf, IDENTITY, 0.0, False)
+    for angle, mirrored in trials:
+        turn = _turn(float(angle), mirrored, centre.x, centre.y)
+        found = _coarse_matches(reader, matcher, georef, grid, max_offset, turn)
+        if isinstance(found, str):
+            continue
+        fits = fit_all(*found[:2], threshold, kinds=("similarity", "affine"), weights=found[2], seed=options.seed,
+                       search_radius=SEARCH_SPREAD * max_offset)
+        score = min((f.consensus.log10_nfa for f in fits.values()), default=math.inf)
+        if score < best[0]:
+            best = (score, turn, float(angle), mirrored)
+    score, turn, angle, mirrored = best
+    info = {"tried": len(trials), "step_deg": step, "angle_deg": angle, "mirrored": mirrored,
+            "log10_nfa": round(score, 2) if math.isfinite(score) else None}
+    return turn, info
+
+
+def _turn(angle_deg: float, mirrored: bool, cx: float, cy: float) -> Transform:
+    """Rotation by ``angle_deg`` (after a left-right mirror) about (cx, cy)."""
+    a = math.radians(angle_deg)
+    m = np.diag([-1.0, 1.0, 1.0]) if mirrored else np.eye(3)
+    rotate = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
+    about = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1.0]])
+    return Transform("affine", matrix=about @ rotate @ m @ np.linalg.inv(about))
 
 
 def _match_tiles(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, initial: Transform,
@@ -284,28 +379,74 @@ def _match_tiles(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, i
                              ("mov_px", "pred_px", "ref_px", "confidence", "tile"))), n_matched
 
 
-def _fit(matches: Correspondences, overlap: Polygon, threshold: float,
-         options: RegisterOptions) -> tuple[dict[str, ModelFit], ModelFit, dict[str, float]]:
+def _fit(matches: Correspondences, overlap: Polygon, threshold: float, search_radius: float,
+         options: RegisterOptions, final: bool = True) -> tuple[dict[str, ModelFit], ModelFit, dict[str, CVScore]]:
+    """Robust fits, kept only when meaningful a contrario, then the model chosen by
+    blocked cross-validation (or the one asked for). The local field, the costly
+    candidate, is fitted in the ``final`` pass only: earlier passes need a good start."""
     if len(matches) < options.min_inliers:
         raise RegistrationError(
             f"only {len(matches)} matches were found (at least {options.min_inliers} needed); "
             "check that the rasters show the same area, or try another --matcher or a larger --max-tiles"
         )
-    kinds = KINDS if options.model == "auto" else (options.model,)
+    kinds = KINDS if options.model in ("auto", "local") else (options.model,)
     src, dst = matches.pred_px, matches.ref_px
-    fits = fit_all(src, dst, threshold, kinds=kinds, weights=matches.confidence, seed=options.seed)
-    if options.model == "auto":
+    fits = fit_all(src, dst, threshold, kinds=kinds, weights=matches.confidence, seed=options.seed,
+                   search_radius=search_radius)
+    if options.model in ("auto", "local"):
         fits = _drop_unsupported(fits, src, overlap)
-    if not fits:
-        which = "geometric" if options.model == "auto" else options.model
-        raise RegistrationError(f"no {which} model is consistent with the {len(matches)} matches")
-    kind, bic = select_model(fits, src, dst) if len(fits) > 1 else (next(iter(fits)), {})
-    chosen = fits[kind]
+    meaningful = {k: f for k, f in fits.items() if f.meaningful}
+    if not meaningful:
+        raise RegistrationError(_no_meaningful_model(fits, len(matches), options.model))
+    choice = choose_model(meaningful, src, dst, matches.tile, 2 * threshold, _points_inside(overlap),
+                          seed=options.seed,
+                          local={"auto": "candidate", "local": "always"}.get(options.model, "no") if final else "no")
+    chosen = (summarise_fit(choice.local, src, dst, threshold) if choice.kind == "local"
+              else meaningful[choice.kind])
     if chosen.n_inliers < options.min_inliers:
         raise RegistrationError(
-            f"only {chosen.n_inliers} inliers for the {kind} model (at least {options.min_inliers} needed)"
+            f"only {chosen.n_inliers} inliers for the {chosen.kind} model (at least {options.min_inliers} needed)"
         )
-    return fits, chosen, bic
+    return fits, chosen, choice.scores
+
+
+def _no_meaningful_model(fits: dict[str, ModelFit], n_matches: int, model: str) -> str:
+    which = "geometric" if model in ("auto", "local") else model
+    if not fits:
+        return f"no {which} model is consistent with the {n_matches} matches"
+    best = min(fits.values(), key=lambda f: f.consensus.log10_nfa)
+    return (f"no {which} model is meaningful: the best consensus ({best.n_inliers} of {n_matches} matches for "
+            f"{best.kind}) could arise from random matches (NFA 10^{best.consensus.log10_nfa:.1f} >= 1); "
+            "the evidence is too weak to register")
+
+
+def _check_agreement(coarse_model: Transform, selected: ModelFit, overlap: Polygon, allowed_px: float) -> float:
+    """The largest distance between the coarse and the fine model inside the overlap.
+
+    The fine stage only looked for matches near the coarse model's prediction, so a fine
+    model that strays further than that search reached, anywhere in the output area, is
+    extrapolating beyond its evidence: a failure, not a result."""
+    pts = _points_inside(overlap)
+    cx, cy = coarse_model.apply(pts[:, 0], pts[:, 1])
+    fx, fy = selected.transform.apply(pts[:, 0], pts[:, 1])
+    departure = float(np.max(np.hypot(fx - cx, fy - cy)))
+    if not departure <= allowed_px:
+        raise RegistrationError(
+            f"the {selected.kind} model departs from the coarse alignment by {departure:.1f} px inside the overlap, "
+            f"further than the fine search reached ({allowed_px:.1f} px): the matches do not support it there; "
+            "try --model with a simpler model"
+        )
+    return round(departure, 3)
+
+
+def _points_inside(area: Polygon, n: int = CHECK_GRID_SIZE) -> np.ndarray:
+    """An n x n grid over ``area``'s bounds, kept where inside it: the output area the
+    model choice must serve, matched or not."""
+    x0, y0, x1, y1 = area.bounds
+    xs, ys = np.meshgrid(np.linspace(x0, x1, n + 2)[1:-1], np.linspace(y0, y1, n + 2)[1:-1])
+    pts = np.column_stack([xs.ravel(), ys.ravel()])
+    inside = shapely.contains_xy(area, pts[:, 0], pts[:, 1])
+    return pts[inside] if inside.any() else pts
 
 
 def _drop_unsupported(fits: dict[str, ModelFit], src: np.ndarray, overlap: Polygon) -> dict[str, ModelFit]:
@@ -360,11 +501,12 @@ def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOp
     try:
         result = estimate(ref_path, mov_path, options, matcher=matcher, progress=progress)
     except DmregError as error:
-        if outputs.report and not isinstance(error, OutputExistsError):
+        if outputs.report and not isinstance(error, (OutputExistsError, FlaggedError)):
             report = build_failure_report(ref_path, mov_path, error, _info_or_none(ref_path, options.ref_band),
                                           _info_or_none(mov_path, options.mov_band))
             write_text(outputs.report, to_json(report), outputs.overwrite)
         raise
+    _check_predicted_error(result, options, outputs, ref_path, mov_path)
     t = time.perf_counter()
     if outputs.raster:
         with gdal_env():
@@ -378,6 +520,23 @@ def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOp
     if outputs.report:
         write_text(outputs.report, to_json(build_report(result, ref_path, mov_path)), outputs.overwrite)
     return result
+
+
+def _check_predicted_error(result: RegistrationResult, options: RegisterOptions, outputs: OutputOptions,
+                           ref_path: str, mov_path: str) -> None:
+    """Above ``--max-error`` the estimate is flagged: the report (status "flagged") is
+    written for inspection, the raster is not."""
+    if options.max_error_px is None:
+        return
+    predicted = result.uncertainty.ce90_px if result.uncertainty else math.inf
+    if predicted <= options.max_error_px:
+        return
+    shown = f"{predicted:.2f} px" if math.isfinite(predicted) else "unknown (too few independent blocks of matches)"
+    reason = f"predicted error (CE90) {shown} exceeds --max-error {options.max_error_px:g} px"
+    if outputs.report:
+        report = build_report(result, ref_path, mov_path, status="flagged", flag=reason)
+        write_text(outputs.report, to_json(report), outputs.overwrite)
+    raise FlaggedError(reason, result)
 
 
 def _info_or_none(path: str, band: int) -> RasterInfo | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from dmreg import __version__
 from dmreg.errors import DmregError
-from dmreg.geometry.mapping import apply_affine
+from dmreg.geometry.mapping import CHECK_GRID_SIZE, apply_affine, check_points
 from dmreg.io.raster import RasterInfo
 from dmreg.output import pixel_matrix
 
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from dmreg.pipeline import RegistrationResult
 
 SCHEMA = "dmreg.report/1"
-CHECK_GRID_SIZE = 10
 
 
 def raster_entry(path: str, info: RasterInfo | None) -> dict:
@@ -35,19 +34,22 @@ def raster_entry(path: str, info: RasterInfo | None) -> dict:
 
 def check_grid(result: RegistrationResult, n: int = CHECK_GRID_SIZE) -> list[list[float]]:
     """The corrected mapping evaluated on an n x n grid of moving pixel centres."""
-    xs, ys = np.meshgrid(np.linspace(0.5, result.mov.width - 0.5, n), np.linspace(0.5, result.mov.height - 0.5, n))
-    rx, ry = result.mapping.apply(xs.ravel(), ys.ravel())
-    return [[float(a), float(b), float(c), float(d)] for a, b, c, d in zip(xs.ravel(), ys.ravel(), rx, ry)]
+    xs, ys = check_points(result.mov.width, result.mov.height, n)
+    rx, ry = result.mapping.apply(xs, ys)
+    return [[float(a), float(b), float(c), float(d)] for a, b, c, d in zip(xs, ys, rx, ry)]
 
 
-def build_report(result: RegistrationResult, ref_path: str, mov_path: str) -> dict:
-    """The report of a successful registration."""
+def build_report(result: RegistrationResult, ref_path: str, mov_path: str, status: str = "ok",
+                 flag: str | None = None) -> dict:
+    """The report of an estimate: "ok", or "flagged" with the reason it is not trusted."""
     matrix = pixel_matrix(result)
     sel = result.selected
+    flagged = {"flag": flag} if flag else {}
     return {
         "schema": SCHEMA,
         "dmreg_version": __version__,
-        "status": "ok",
+        "status": status,
+        **flagged,
         "reference": raster_entry(ref_path, result.ref),
         "moving": raster_entry(mov_path, result.mov),
         "matcher": result.matcher,
@@ -65,12 +67,28 @@ def build_report(result: RegistrationResult, ref_path: str, mov_path: str) -> di
             "inliers": sel.n_inliers,
             "rmse_px": _round(sel.rmse_px),
             "ce90_px": _round(sel.ce90_px),
+            "predicted_ce90_px": _round(result.uncertainty.ce90_px) if result.uncertainty else None,
         },
-        "models": {k: {**f.summary(), "bic": _round(result.bic.get(k))} for k, f in result.fits.items()},
+        "uncertainty": result.uncertainty.as_dict() if result.uncertainty else None,
+        "models": models_section(result),
         "coarse": result.coarse,
         "warnings": result.warnings,
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
     }
+
+
+def models_section(result: RegistrationResult) -> dict:
+    """Every candidate: its robust fit (inliers, RMSE, a-contrario NFA) and its held-out
+    error, the number the choice was made on."""
+    fits = {**result.fits, result.selected.kind: result.selected}
+    out = {}
+    for kind in dict.fromkeys([*fits, *result.scores]):
+        entry = {**fits[kind].summary(), "meaningful": fits[kind].meaningful} if kind in fits else {}
+        if kind in result.scores:
+            entry.update(result.scores[kind].as_dict())
+        entry["chosen"] = kind == result.selected.kind
+        out[kind] = entry
+    return out
 
 
 def build_failure_report(ref_path: str, mov_path: str, error: DmregError,

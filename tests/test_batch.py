@@ -101,7 +101,7 @@ def test_folder_mode_registers_every_raster(incoming: Path, tmp_path: Path):
         assert_registered(out, band)
     summary = read_json(out / "summary.json")
     assert summary["schema"] == "dmreg.batch/1"
-    assert summary["counts"] == {"ok": 3, "skipped": 0, "failed": 0, "not run": 0}
+    assert summary["counts"] == {"ok": 3, "skipped": 0, "flagged": 0, "failed": 0, "not run": 0}
     assert summary["finished"] is not None
     with open(out / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))

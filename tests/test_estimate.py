@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from dmreg.estimate.models import KINDS, MIN_SAMPLES, Transform, fit, residuals
-from dmreg.estimate.robust import fit_all, ransac, select_model
+from dmreg.estimate.acontrario import best_consensus
+from dmreg.estimate.robust import fit_all, ransac
+from dmreg.estimate.blocks import spatial_blocks
+from dmreg.estimate.selection import choose_model
 
 W, H = 1000.0, 800.0   # a raster-sized domain, pixels
 
@@ -223,29 +226,96 @@ def test_fit_all_covers_every_kind_on_good_data():
         assert f.kind == kind and f.inliers.dtype == bool and len(f.inliers) == len(src)
 
 
-# --- model selection -----------------------------------------------------------------------------------
+# --- a-contrario validation ---------------------------------------------------------------------------
+
+def test_random_matches_are_not_meaningful():
+    """Matches that fall anywhere in the search disk: any consensus is chance."""
+    rng = np.random.default_rng(3)
+    src = points(50, seed=4)
+    radius = 8.0
+    angle, dist = rng.uniform(0, 2 * np.pi, 50), radius * np.sqrt(rng.uniform(0, 1, 50))
+    dst = src + np.column_stack([dist * np.cos(angle), dist * np.sin(angle)])
+    for kind in ("translation", "affine", "homography"):
+        result = ransac(kind, src, dst, threshold=1.5, search_radius=radius, n_tests=5, seed=1)
+        assert result is not None and not result.meaningful, (kind, result.summary())
+
+
+def test_true_consensus_is_meaningful_among_outliers():
+    src, dst, outlier, _ = contaminated("affine", 60, 0.5, noise=0.4, seed=8)
+    result = ransac("affine", src, dst, threshold=1.5, search_radius=2000.0, n_tests=5)
+    assert result.meaningful and result.consensus.log10_nfa < -10
+    assert (result.inliers & outlier).sum() <= 1
+
+
+def test_a_contrario_threshold_follows_the_noise():
+    f = _matrix_transform("translation").apply
+    thresholds = []
+    for noise in (0.1, 0.5):
+        src, dst, _, _ = contaminated(f, 150, 0.2, noise=noise, seed=2)
+        thresholds.append(ransac("translation", src, dst, threshold=3.0, search_radius=40.0).consensus.threshold_px)
+    assert thresholds[0] < 0.6 < thresholds[1] <= 3.0
+
+
+def test_consensus_threshold_never_exceeds_the_maximum():
+    r = np.linspace(0.0, 5.0, 100)
+    found = best_consensus(r, "affine", search_radius_px=50.0, max_threshold_px=1.0)
+    assert found.threshold_px <= 1.0 and found.inliers <= (r <= 1.0).sum()
+
+
+# --- model selection by cross-validation ----------------------------------------------------------------
+
+def tiles_of(src: np.ndarray, per_side: int = 4) -> np.ndarray:
+    """A tile id per point, as the pipeline's tiling would give."""
+    col = np.minimum((src[:, 0] / W * per_side).astype(int), per_side - 1)
+    row = np.minimum((src[:, 1] / H * per_side).astype(int), per_side - 1)
+    return row * per_side + col
+
+
+def chosen(src: np.ndarray, dst: np.ndarray, threshold: float = 1.5, seed: int = 0, tiles=None):
+    fits = fit_all(src, dst, threshold, seed=seed, search_radius=50.0)
+    at = np.column_stack([g.ravel() for g in np.meshgrid(np.linspace(0, src[:, 0].max(), 10),
+                                                         np.linspace(0, src[:, 1].max(), 10))])
+    choice = choose_model({k: f for k, f in fits.items() if f.meaningful}, src, dst,
+                          tiles_of(src) if tiles is None else tiles, 2 * threshold, at, local="no", seed=seed)
+    return choice.kind, choice.scores
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_select_model_prefers_translation_for_noisy_translation(seed):
+def test_noisy_translation_stays_translation(seed):
     f = _matrix_transform("translation").apply
     src, dst, _, _ = contaminated(f, 150, 0.2, noise=0.4, seed=seed)
-    fits = fit_all(src, dst, threshold=1.5, seed=seed)
-    assert "translation" in fits and len(fits) > 1
-    kind, bic = select_model(fits, src, dst)
-    assert kind == "translation", f"chose {kind}; BIC {bic}"
-    assert bic["translation"] == min(bic.values())
+    kind, scores = chosen(src, dst, seed=seed)
+    assert kind == "translation", scores
+    assert {"translation", "affine", "homography"} <= set(scores)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_select_model_prefers_affine_for_real_affine(seed):
+def test_few_very_noisy_matches_stay_translation(seed):
+    """The Sentinel-1 case: ~45 matches with 0.65 px noise in one small tile."""
+    f = _matrix_transform("translation").apply
+    rng = np.random.default_rng(seed)
+    src = np.column_stack([rng.uniform(0, 224, 45), rng.uniform(0, 224, 45)])
+    dst = apply_pts(f, src) + rng.normal(0, 0.65, src.shape)
+    kind, scores = chosen(src, dst, seed=seed, tiles=np.zeros(45, int))
+    assert kind == "translation", scores
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_real_affine_is_found(seed):
     src, dst, _, _ = contaminated("affine", 150, 0.2, noise=0.3, seed=seed)
-    fits = fit_all(src, dst, threshold=1.5, seed=seed)
-    kind, bic = select_model(fits, src, dst)
-    assert kind == "affine", f"chose {kind}; BIC {bic}"
+    kind, scores = chosen(src, dst, seed=seed)
+    assert kind == "affine", scores
+    assert scores["affine"].rmse_px < scores["translation"].rmse_px
 
 
-def test_select_model_prefers_polynomial2_for_real_warp():
+def test_real_warp_is_found():
     src, dst, _, _ = contaminated("polynomial2", 200, 0.2, noise=0.2, seed=21)
-    fits = fit_all(src, dst, threshold=1.5)
-    kind, _ = select_model(fits, src, dst)
+    kind, _ = chosen(src, dst)
     assert kind == "polynomial2"
+
+
+def test_blocks_are_tiles_when_many_tiles_matched_else_cells():
+    src = points(200, seed=9)
+    assert len(np.unique(spatial_blocks(src, tiles_of(src)))) == 16
+    one_tile = spatial_blocks(src, np.zeros(200, int))
+    assert 9 <= len(np.unique(one_tile)) <= 16

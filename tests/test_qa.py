@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import shutil
 
 import cv2
 import numpy as np
 import pytest
+from matplotlib import colormaps
+from matplotlib.colors import to_rgb
 from matplotlib.image import imread
+from matplotlib.quiver import Quiver
 from typer.testing import CliRunner
 
 from dmreg.errors import OutputExistsError
+from dmreg.estimate.local import fit_local
+from dmreg.estimate.robust import summarise_fit
+from dmreg.estimate.uncertainty import Uncertainty
 from dmreg.pipeline import RegisterOptions, estimate
-from dmreg.qa import (DPI, QA_WIDTH_IN, SHEET_CAPTION_IN, SHEET_CELL_IN, SHEET_HEADER_IN, read_preview,
-                      write_overview_sheet, write_qa_picture)
+from dmreg.qa import (DPI, ERROR_CMAP, ERROR_PANEL, FIELD_COLOUR, QA_WIDTH_IN, SHEET_CAPTION_IN, SHEET_CELL_IN,
+                      SHEET_HEADER_IN, UNKNOWN_COLOURS, qa_figure, read_preview, write_overview_sheet,
+                      write_qa_picture)
 from dmreg_cli.main import app
 from helpers import DATA, L7, Case, normalised, sha256
 
@@ -57,7 +66,9 @@ def leftovers(folder) -> list[str]:
 # --- the QA picture -----------------------------------------------------------------------
 
 def test_qa_picture_is_written(example, qa_png):
-    assert example.selected.n_inliers == len(example.matches), "the example is expected to have no outliers"
+    inliers, residual = example.selected.inliers, example.residuals_px()
+    assert inliers.sum() >= 0.8 * len(example.matches), "the example's matches are mostly inliers"
+    assert residual[~inliers].min(initial=np.inf) >= residual[inliers].max(), "inliers are the closest matches"
     assert_picture(qa_png, width=int(QA_WIDTH_IN * DPI))
     assert leftovers(qa_png.parent) == []
 
@@ -104,6 +115,144 @@ def test_qa_picture_other_crs_with_nodata(crs_swir2: Case, tmp_path):
     result = estimate(str(crs_swir2.ref), str(crs_swir2.mov))
     assert not result.georef.same_crs and result.mov.nodata == 0
     write_qa_picture(result, tmp_path / "qa.png")
+    assert_picture(tmp_path / "qa.png")
+
+
+# --- the predicted error panel -----------------------------------------------------------
+
+BUMP_PX = 3.0      # the artificial local shift (x) added to the reference positions of the matches
+BUMP_SIGMA = 50.0  # its width, reference pixels
+
+
+@pytest.fixture(scope="module")
+def preview(example):
+    return read_preview(example, ref_band=RED)
+
+
+@pytest.fixture(scope="module")
+def local_result(example):
+    """The example with a local model fitted to its matches plus a Gaussian bump in x."""
+    src, dst = example.matches.pred_px, example.matches.ref_px.copy()
+    centre = dst.mean(axis=0)
+    dst[:, 0] += BUMP_PX * np.exp(-((dst - centre) ** 2).sum(axis=1) / (2 * BUMP_SIGMA ** 2))
+    model = fit_local(example.selected.transform, src, dst)
+    assert np.abs(model.dx).max() > 1.0, "the bump should give a local field"
+    fit = summarise_fit(model, src, dst, threshold=1.5)
+    return dataclasses.replace(example, correction=model, selected=fit)
+
+
+def with_errors(result, error_px: np.ndarray, ce90: float):
+    return dataclasses.replace(result, uncertainty=Uncertainty(error_px, ce90, 100, 9))
+
+
+def rendered(fig) -> np.ndarray:
+    """The figure as an RGB float image, rows top to bottom."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3] / 255.0
+
+
+def panel(img: np.ndarray, ax, inset: int = 3) -> np.ndarray:
+    """The pixels inside an axes' frame (display coordinates start at the bottom)."""
+    box = ax.get_window_extent()
+    rows = img.shape[0]
+    return img[round(rows - box.y1) + inset:round(rows - box.y0) - inset, round(box.x0) + inset:round(box.x1) - inset]
+
+
+def error_axes(fig):
+    (ax,) = [ax for ax in fig.axes if ax.get_label() == ERROR_PANEL]
+    return ax
+
+
+def image_panels(fig) -> list:
+    return [ax for ax in fig.axes if ax.images]
+
+
+def saturation(pixels: np.ndarray) -> np.ndarray:
+    return pixels.max(axis=-1) - pixels.min(axis=-1)
+
+
+def colormap_position(pixels: np.ndarray) -> np.ndarray:
+    """Where on the error colour map (0..1) each pixel's colour is nearest."""
+    lut = colormaps[ERROR_CMAP](np.linspace(0, 1, 256))[:, :3]
+    d = ((pixels.reshape(-1, 1, 3) - lut[None]) ** 2).sum(axis=-1)
+    return (d.argmin(axis=1) / 255.0).reshape(pixels.shape[:-1])
+
+
+def test_qa_figure_has_the_predicted_error_panel(example, preview):
+    assert example.uncertainty is not None and math.isfinite(example.uncertainty.ce90_px)
+    fig = qa_figure(example, preview, title="example pair", ref_band=RED)
+    panels = image_panels(fig)
+    assert [ax.get_title()[:3] for ax in panels] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
+    assert len(fig.axes) == len(panels) + 1, "the error panel has a colour bar"
+    ax = error_axes(fig)
+    predicted = f"predicted CE90 {example.uncertainty.ce90_px:.2f} px"
+    assert predicted in ax.get_title()
+    assert predicted in fig.get_suptitle() and "RMSE" in fig.get_suptitle()
+    img = rendered(fig)
+    error, ties = panel(img, ax), panel(img, panels[3])
+    assert saturation(error).mean() > 0.2 > saturation(ties).mean() + 0.1, "the error map is not in colour"
+    # the translation's expected error is nearly uniform: the panel shows its colour, low on a 0.5 px scale
+    expected = np.median(example.uncertainty.error_px) / 0.5
+    assert abs(float(np.median(colormap_position(error))) - expected) < 0.05
+
+
+def test_error_map_follows_the_check_grid(example, preview):
+    """Errors rising left to right, the top three check-grid rows unknown."""
+    error_px = np.tile(np.linspace(0.1, 2.0, 10), 10)
+    error_px[:30] = math.inf
+    fig = qa_figure(with_errors(example, error_px, math.inf), preview, ref_band=RED)
+    ax = error_axes(fig)
+    assert "predicted error unknown" in ax.get_title() and "predicted error unknown" in fig.get_suptitle()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["unknown"]
+    pixels = panel(rendered(fig), ax)
+    top, bottom = pixels[:pixels.shape[0] // 5], pixels[pixels.shape[0] // 2:]
+    assert saturation(top).max() < 0.05, "the unknown area is not grey"
+    for grey in UNKNOWN_COLOURS:
+        assert (np.abs(top - grey).max(axis=-1) < 0.03).mean() > 0.2, "the unknown area is not hatched"
+    position = colormap_position(bottom).mean(axis=0)
+    columns = np.arange(len(position))
+    assert np.corrcoef(columns, position)[0, 1] > 0.98
+    assert position[:5].mean() < 0.15 and position[-5:].mean() > 0.85
+
+
+def test_qa_picture_with_all_errors_unknown(example, tmp_path):
+    result = with_errors(example, np.full(100, math.inf), math.inf)
+    write_qa_picture(result, tmp_path / "qa.png", ref_band=RED)
+    img = assert_picture(tmp_path / "qa.png")
+    assert img.shape[1] == int(QA_WIDTH_IN * DPI)
+
+
+def test_qa_figure_without_uncertainty(example, preview):
+    fig = qa_figure(dataclasses.replace(example, uncertainty=None), preview, ref_band=RED)
+    ax = error_axes(fig)
+    assert len(image_panels(fig)) == 5 and len(fig.axes) == 5, "no colour bar without an estimate"
+    assert "no uncertainty estimate" in ax.get_title() and "no uncertainty estimate" in fig.get_suptitle()
+    assert [t.get_text() for t in ax.texts] == ["no uncertainty estimate"]
+    assert saturation(panel(rendered(fig), ax)).mean() < 0.02, "a map was drawn without an estimate"
+
+
+def test_qa_figure_shows_the_local_field(example, local_result, preview, tmp_path):
+    fig = qa_figure(local_result, preview, ref_band=RED)
+    ax = error_axes(fig)
+    (arrows,) = [c for c in ax.collections if isinstance(c, Quiver)]
+    assert arrows.get_label().startswith("local correction x")
+    assert arrows.get_label() in [t.get_text() for t in ax.get_legend().get_texts()]
+    length = np.hypot(arrows.U, arrows.V)
+    assert length.max() > 5, "the arrows are too short to see (preview pixels)"
+    # the largest arrows point +x, near the bump
+    big = length > 0.5 * length.max()
+    assert (arrows.U[big] > 0).all() and np.abs(arrows.V[big]).max() < 0.3 * length.max()
+    tails = arrows.get_offsets()[big]
+    grid = preview.grid
+    bump = (local_result.matches.ref_px.mean(axis=0) - (grid.x0, grid.y0)) / grid.scale
+    assert np.hypot(*(tails - bump).T).max() < 2.5 * BUMP_SIGMA / grid.scale
+
+    def pink(f) -> int:
+        pixels = panel(rendered(f), error_axes(f))
+        return int((np.abs(pixels - to_rgb(FIELD_COLOUR)).max(axis=-1) < 0.1).sum())
+
+    assert pink(fig) > 50 and pink(qa_figure(example, preview, ref_band=RED)) == 0
+    write_qa_picture(local_result, tmp_path / "qa.png", ref_band=RED)
     assert_picture(tmp_path / "qa.png")
 
 

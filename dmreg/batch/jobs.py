@@ -14,9 +14,9 @@ import cv2
 from dmreg.batch.outputs import PairOutputs
 from dmreg.batch.pairing import Pair
 from dmreg.batch.summary import PairRecord
-from dmreg.errors import DmregError
+from dmreg.errors import DmregError, FlaggedError
 from dmreg.matchers import Matcher, get_matcher
-from dmreg.pipeline import OutputOptions, RegisterOptions, register
+from dmreg.pipeline import OutputOptions, RegisterOptions, RegistrationResult, register
 from dmreg.qa import write_qa_picture
 
 log = logging.getLogger("dmreg")
@@ -45,19 +45,33 @@ def run_pair(job: PairJob) -> PairRecord:
         outputs = dataclasses.replace(job.output_options, raster=str(job.outputs.raster),
                                       report=str(job.outputs.report), tiepoints=str(job.outputs.tiepoints),
                                       overwrite=False)
-        result = register(job.pair.reference, job.pair.moving, job.options, outputs, matcher=_matcher(job.options))
-        if job.outputs.want_qa:
-            write_qa_picture(result, job.outputs.qa, ref_band=job.options.ref_band, mov_band=job.options.mov_band,
-                             title=job.pair.name)
+        try:
+            result = register(job.pair.reference, job.pair.moving, job.options, outputs,
+                              matcher=_matcher(job.options))
+        except FlaggedError as flagged:
+            _qa(job, flagged.result)
+            return dataclasses.replace(_record(base, flagged.result, start), status="flagged",
+                                       exit_code=flagged.exit_code, error=str(flagged))
+        _qa(job, result)
     except DmregError as exc:
         return _failed(base, exc.exit_code, str(exc), start)
     except Exception as exc:  # a bug: this pair fails, the others go on
         log.debug("pair %s: %s", job.pair.name, traceback.format_exc())
         return _failed(base, 1, f"internal error: {type(exc).__name__}: {exc}", start)
+    return dataclasses.replace(_record(base, result, start), status="ok", exit_code=0)
+
+
+def _record(base: PairRecord, result: RegistrationResult, start: float) -> PairRecord:
     sel = result.selected
-    return dataclasses.replace(base, status="ok", exit_code=0, model=sel.kind, rmse_px=round(float(sel.rmse_px), 4),
+    return dataclasses.replace(base, model=sel.kind, rmse_px=round(float(sel.rmse_px), 4),
                                inliers=int(sel.n_inliers), matches=len(result.matches),
                                time_s=round(time.perf_counter() - start, 3))
+
+
+def _qa(job: PairJob, result: RegistrationResult) -> None:
+    if job.outputs.want_qa:
+        write_qa_picture(result, job.outputs.qa, ref_band=job.options.ref_band, mov_band=job.options.mov_band,
+                         title=job.pair.name)
 
 
 def _failed(base: PairRecord, code: int, message: str, start: float) -> PairRecord:

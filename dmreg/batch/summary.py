@@ -15,7 +15,7 @@ from dmreg.io.writing import write_text
 from dmreg.report import to_json
 
 SCHEMA = "dmreg.batch/1"
-STATUSES = ("ok", "skipped", "failed", "not run")
+STATUSES = ("ok", "skipped", "flagged", "failed", "not run")
 CSV_COLUMNS = ("pair", "status", "exit_code", "model", "rmse_px", "inliers", "matches", "time_s",
                "reference", "moving", "error")
 
@@ -23,7 +23,9 @@ CSV_COLUMNS = ("pair", "status", "exit_code", "model", "rmse_px", "inliers", "ma
 @dataclass
 class PairRecord:
     """What happened to one pair. ``skipped``: complete from an earlier run (its numbers
-    come from that run's report); ``not run``: the run stopped first (--fail-fast)."""
+    come from that run's report); ``flagged``: estimated, but its predicted error exceeds
+    --max-error (report and QA picture written, no raster); ``not run``: the run stopped
+    first (--fail-fast)."""
 
     pair: str
     reference: str | None

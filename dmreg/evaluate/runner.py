@@ -27,7 +27,8 @@ from dmreg.evaluate.manifest import EvalPair
 from dmreg.evaluate.metrics import AUC_MAX_PX, SUCCESS_THRESHOLDS_PX, auc, median_error, success_rates
 from dmreg.matchers import Matcher, get_matcher
 from dmreg.pipeline import RegisterOptions, RegistrationResult, estimate
-from dmreg.report import CHECK_GRID_SIZE, check_grid
+from dmreg.geometry.mapping import CHECK_GRID_SIZE
+from dmreg.report import check_grid
 
 SCHEMA = "dmreg.evaluate/1"
 ALL = "all"

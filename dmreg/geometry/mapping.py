@@ -85,3 +85,13 @@ class CorrectedMapping:
 
 def apply_affine(a: Affine, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a.a * x + a.b * y + a.c, a.d * x + a.e * y + a.f
+
+
+CHECK_GRID_SIZE = 10
+
+
+def check_points(width: int, height: int, n: int = CHECK_GRID_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """An n x n grid of pixel centres spanning a raster, row by row: where reports and
+    uncertainty maps sample a mapping."""
+    xs, ys = np.meshgrid(np.linspace(0.5, width - 0.5, n), np.linspace(0.5, height - 0.5, n))
+    return xs.ravel(), ys.ravel()

@@ -51,7 +51,9 @@ class TileMatches:
 
 @runtime_checkable
 class Matcher(Protocol):
-    """Anything that matches batches of tile pairs."""
+    """Anything that matches batches of tile pairs. A matcher may also say, as
+    ``rotation_step_deg``, at what step an orientation search must try rotations for it
+    (default 15 degrees)."""
 
     name: str
 

@@ -16,6 +16,7 @@ class SiftMatcher:
     max_keypoints: int = 4000
     ratio: float = 0.8
     name: str = "sift"
+    rotation_step_deg: float = 360.0  # rotation invariant: one orientation suffices
 
     def describe(self) -> dict:
         return {"name": self.name, "weights_sha256": None, "device": "cpu"}

@@ -30,6 +30,7 @@ class StructuralMatcher:
     min_margin: float = 0.02        # minimum lead of the peak over the runner-up
     min_texture: float = 0.02       # minimum mean gradient of a template (images in [0, 1])
     name: str = "structural"
+    rotation_step_deg: float = 15.0  # finds rotations up to about 10 deg (measured): half a step with room
 
     def describe(self) -> dict:
         return {"name": self.name, "weights_sha256": None, "device": "cpu"}

@@ -1,0 +1,151 @@
+"""Unit tests of dmreg.estimate.local: a Gaussian-process displacement field on top of a
+global model, checked against synthetic matches whose true mapping is known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dmreg.estimate.local import LocalTransform, fit_local
+from dmreg.estimate.models import Transform, fit
+
+SIDE = 1000.0   # matched area, pixels
+AFFINE = Transform("affine", matrix=np.array([[1.01, 0.02, 5.0], [-0.015, 0.99, -3.0], [0, 0, 1]]))
+TILE = 250.0    # 4 x 4 tiles over the matched area
+
+
+def local_field(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """2.5 px of smooth misregistration: a sinusoid of wavelength ~400 px in x, two bumps in y."""
+    fx = 2.5 * np.sin(2 * np.pi * x / 400 + 0.3) * np.cos(2 * np.pi * y / 450)
+    fy = (2.5 * np.exp(-((x - 400) ** 2 + (y - 600) ** 2) / (2 * 120 ** 2))
+          - 1.5 * np.exp(-((x - 750) ** 2 + (y - 250) ** 2) / (2 * 100 ** 2)))
+    return fx, fy
+
+
+def truth(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ax, ay = AFFINE.apply(x, y)
+    fx, fy = local_field(x, y)
+    return ax + fx, ay + fy
+
+
+def matches(n_side: int = 40, noise: float = 0.3, outliers: float = 0.0, signal: bool = True,
+            seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """src on a jittered n_side x n_side grid, dst from the true mapping plus noise, a
+    fraction of them moved 10-50 px in random directions; also the outlier mask and the
+    tile of each match."""
+    rng = np.random.default_rng(seed)
+    spacing = SIDE / n_side
+    g = (np.arange(n_side) + 0.5) * spacing
+    gx, gy = np.meshgrid(g, g)
+    src = np.column_stack([gx.ravel(), gy.ravel()]) + rng.uniform(-0.2, 0.2, (n_side ** 2, 2)) * spacing
+    mapping = truth if signal else AFFINE.apply
+    dst = np.column_stack(mapping(src[:, 0], src[:, 1])) + rng.normal(0, noise, src.shape)
+    bad = rng.random(len(src)) < outliers
+    angle = rng.uniform(0, 2 * np.pi, bad.sum())
+    size = rng.uniform(10, 50, bad.sum())
+    dst[bad] += np.column_stack([size * np.cos(angle), size * np.sin(angle)])
+    tiles = (src[:, 1] // TILE).astype(int) * 4 + (src[:, 0] // TILE).astype(int)
+    return src, dst, bad, tiles
+
+
+def rms_inside(model: Transform | LocalTransform) -> float:
+    """RMS error against the true mapping on a dense grid inside the matched area."""
+    g = np.arange(50.0, 951.0, 10.0)
+    x, y = np.meshgrid(g, g)
+    px, py = model.apply(x, y)
+    tx, ty = truth(x, y)
+    return float(np.sqrt(np.mean((px - tx) ** 2 + (py - ty) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def smooth() -> LocalTransform:
+    src, dst, _, tiles = matches()
+    return fit_local(fit("affine", src, dst), src, dst, tiles)
+
+
+def test_recovers_a_known_smooth_field(smooth):
+    assert rms_inside(smooth.base) > 1.0
+    assert rms_inside(smooth) <= 0.3
+    assert smooth.kind == "local" and smooth.matrix is None
+
+
+def test_equals_the_global_model_without_local_signal():
+    src, dst, _, tiles = matches(signal=False)
+    base = fit("affine", src, dst)
+    model = fit_local(base, src, dst, tiles)
+    assert not model.dx.any() and not model.dy.any()
+    x, y = np.meshgrid(np.linspace(-500, 1500, 50), np.linspace(-500, 1500, 40))
+    for got, want in zip(model.apply(x, y), base.apply(x, y)):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(model.inverse(x, y), base.inverse(x, y)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_few_matches_give_the_global_model():
+    src, dst, _, _ = matches(n_side=4)
+    model = fit_local(fit("affine", src, dst), src, dst)
+    assert not model.dx.any() and not model.dy.any()
+
+
+def test_gross_outliers_are_rejected():
+    src, dst, bad, tiles = matches(outliers=0.15)
+    model = fit_local(fit("affine", src, dst), src, dst, tiles)  # a base biased by the outliers too
+    assert rms_inside(model) <= 0.4
+    assert 0.97 * (~bad).sum() <= model.n_used <= (~bad).sum()
+
+
+def test_noisy_tiles_weigh_less_when_tiles_are_given():
+    src, dst, _, tiles = matches()
+    noisy = np.isin(tiles, [5, 10])
+    dst[noisy] += np.random.default_rng(5).normal(0, 3.0, (noisy.sum(), 2))
+    base = fit("affine", src, dst)
+    with_tiles, without = fit_local(base, src, dst, tiles), fit_local(base, src, dst)
+    assert rms_inside(with_tiles) <= 0.3
+    assert rms_inside(with_tiles) < rms_inside(without)
+    # their matches are kept with a wider threshold, not cut as outliers of the global noise
+    assert with_tiles.n_used >= 0.98 * len(src) > 0.95 * len(src) > without.n_used
+
+
+def test_extrapolates_as_the_global_model(smooth):
+    far = 3.5 * smooth.length_scale
+    t = np.linspace(-far, SIDE + far, 25)
+    lo, hi = np.full_like(t, -far), np.full_like(t, SIDE + far)
+    x = np.concatenate([t, t, lo, hi])
+    y = np.concatenate([lo, hi, t, t])
+    for got, want in zip(smooth.apply(x, y), smooth.base.apply(x, y)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    fx, fy = smooth.field_at(np.array([400.0]), np.array([600.0]))
+    assert abs(fy[0]) > 1.0   # but not inside, where the field is
+
+
+def test_inverse_undoes_apply_and_keeps_the_shape(smooth):
+    x, y = np.meshgrid(np.linspace(-300, 1300, 40), np.linspace(-300, 1300, 30))
+    ax, ay = smooth.apply(x, y)
+    assert ax.shape == ay.shape == (30, 40)
+    ix, iy = smooth.inverse(ax, ay)
+    assert ix.shape == iy.shape == (30, 40)
+    np.testing.assert_allclose(ix, x, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(iy, y, rtol=0, atol=1e-3)
+    rx, ry = smooth.apply(*smooth.inverse(x, y))
+    np.testing.assert_allclose(rx, x, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(ry, y, rtol=0, atol=1e-3)
+
+
+def test_as_dict_is_json_and_the_grid_small(smooth):
+    d = json.loads(json.dumps(smooth.as_dict(), allow_nan=False))
+    assert d["kind"] == "local" and d["base"]["kind"] == "affine"
+    grid = d["grid"]
+    for values in (grid["dx"], grid["dy"]):
+        assert 2 <= len(values) <= 64 and all(len(row) == len(values[0]) <= 64 for row in values)
+    assert len(grid["origin"]) == 2 and grid["step"] > 0
+    assert np.abs(np.array(grid["dx"]) - smooth.dx).max() <= 5e-5
+
+
+def test_std_is_small_near_matches_and_large_away_from_them(smooth):
+    beyond = SIDE + 2 * smooth.length_scale   # inside the grid's margin of 3 length scales
+    assert beyond < smooth.origin[0] + smooth.step * (smooth.dx.shape[1] - 1)
+    near = smooth.std_at(np.array([500.0, 300.0]), np.array([500.0, 700.0]))
+    far = smooth.std_at(np.array([beyond]), np.array([500.0]))
+    assert near.max() < 0.2 and far[0] > 5 * near.max()
