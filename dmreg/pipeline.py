@@ -204,7 +204,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
             log.info("pass %d: %d matches in %d of %d tiles", refinement + 1, len(matches), n_matched, len(tiles))
             t = time.perf_counter()
             fits, selected, scores = _fit(matches, overlap, threshold, SEARCH_SPREAD * fine_offset * work_scale,
-                                          options, final=refinement == options.refinements)
+                                          options)
             timings["fit"] += time.perf_counter() - t
             initial, fine_offset = selected.transform, 4.0
         if coarse_model is not None:
@@ -380,10 +380,11 @@ def _match_tiles(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, i
 
 
 def _fit(matches: Correspondences, overlap: Polygon, threshold: float, search_radius: float,
-         options: RegisterOptions, final: bool = True) -> tuple[dict[str, ModelFit], ModelFit, dict[str, CVScore]]:
+         options: RegisterOptions) -> tuple[dict[str, ModelFit], ModelFit, dict[str, CVScore]]:
     """Robust fits, kept only when meaningful a contrario, then the model chosen by
-    blocked cross-validation (or the one asked for). The local field, the costly
-    candidate, is fitted in the ``final`` pass only: earlier passes need a good start."""
+    blocked cross-validation (or the one asked for). The local field competes in every
+    pass: the next pass then reads its tiles through it, so sub-pixel peaks are measured
+    near zero offset everywhere, the distorted areas included."""
     if len(matches) < options.min_inliers:
         raise RegistrationError(
             f"only {len(matches)} matches were found (at least {options.min_inliers} needed); "
@@ -399,8 +400,7 @@ def _fit(matches: Correspondences, overlap: Polygon, threshold: float, search_ra
     if not meaningful:
         raise RegistrationError(_no_meaningful_model(fits, len(matches), options.model))
     choice = choose_model(meaningful, src, dst, matches.tile, 2 * threshold, _points_inside(overlap),
-                          seed=options.seed,
-                          local={"auto": "candidate", "local": "always"}.get(options.model, "no") if final else "no")
+                          seed=options.seed, local={"auto": "candidate", "local": "always"}.get(options.model, "no"))
     chosen = (summarise_fit(choice.local, src, dst, threshold) if choice.kind == "local"
               else meaningful[choice.kind])
     if chosen.n_inliers < options.min_inliers:
