@@ -9,7 +9,7 @@ from dmreg.estimate.models import KINDS, MIN_SAMPLES, Transform, fit, residuals
 from dmreg.estimate.acontrario import best_consensus
 from dmreg.estimate.robust import fit_all, ransac
 from dmreg.estimate.blocks import spatial_blocks
-from dmreg.estimate.selection import choose_model
+from dmreg.estimate.selection import choose, choose_model
 
 W, H = 1000.0, 800.0   # a raster-sized domain, pixels
 
@@ -319,3 +319,9 @@ def test_blocks_are_tiles_when_many_tiles_matched_else_cells():
     assert len(np.unique(spatial_blocks(src, tiles_of(src)))) == 16
     one_tile = spatial_blocks(src, np.zeros(200, int))
     assert 9 <= len(np.unique(one_tile)) <= 16
+
+
+def test_choose_keeps_the_simplest_when_no_candidate_could_be_cross_validated():
+    """Every candidate failed to fit without some block: nothing showed more is needed."""
+    losses = {"translation": np.array([np.inf, 1.0, 2.0]), "affine": np.array([1.0, np.inf, 1.0])}
+    assert choose(losses, ("translation", "affine")) == ("translation", {})

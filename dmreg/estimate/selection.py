@@ -82,12 +82,12 @@ def choose(losses: dict[str, np.ndarray], order: Sequence[str],
            variance: dict[str, float] | None = None) -> tuple[str, dict[str, CVScore]]:
     """The simplest candidate (in ``order``) that no more complex one beats by more than
     one standard error of the paired per-block difference, once the more complex one's
-    extra ``variance`` (px², over the output area) is paid; and every candidate's score."""
+    extra ``variance`` (px², over the output area) is paid; and every candidate's score.
+    A candidate that could not be fitted without some block is not scored; when none
+    could, the simplest stands: nothing showed that more is needed."""
     scores = _scores(losses)
-    if not scores:
-        raise ValueError("no candidate model could be cross-validated")
     variance = variance or {}
-    ranked = [name for name in order if name in scores]
+    ranked = [name for name in order if name in scores] or [next(n for n in order if n in losses)]
     current = ranked[0]
     for name in ranked[1:]:
         gain = losses[current] - losses[name]
