@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 GRIDS = ("reference", "moving")
 AFFINE_KINDS = ("translation", "similarity", "affine")
+GCP_GRID = 20         # GCPs per side for the global models: exact on them, smooth between
+LOCAL_GCP_GRID = 40   # the local model varies over tens of pixels: GDAL's thin-plate spline needs more
 
 
 def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "reference",
@@ -59,14 +61,16 @@ def corrected_georeferencing(result: RegistrationResult) -> tuple[Affine | None,
     """(geotransform, None) when the corrected mapping is affine, else (None, GCPs).
 
     The geotransform maps moving pixels straight to reference map coordinates, so the
-    unresampled copy is in the reference CRS. GCPs (a 20 x 20 grid, exact on the model)
-    carry the other models; GDAL warps them with a polynomial or thin-plate spline.
+    unresampled copy is in the reference CRS. GCPs (a grid, exact on the model) carry
+    the other models; GDAL warps them with a polynomial or, for the local model, a
+    thin-plate spline (``gdalwarp -tps``).
     """
     matrix = pixel_matrix(result)
     if result.correction.kind in AFFINE_KINDS and result.georef.same_crs and matrix is not None:
         m = np.asarray(matrix)
         return result.ref.transform @ Affine(*m[0], *m[1]), None
-    xs, ys = np.meshgrid(np.linspace(0, result.mov.width, 20), np.linspace(0, result.mov.height, 20))
+    n = LOCAL_GCP_GRID if result.correction.kind == "local" else GCP_GRID
+    xs, ys = np.meshgrid(np.linspace(0, result.mov.width, n), np.linspace(0, result.mov.height, n))
     rx, ry = result.mapping.apply(xs.ravel(), ys.ravel())
     mx, my = apply_affine(result.ref.transform, rx, ry)
     gcps = [GroundControlPoint(row=float(r), col=float(c), x=float(x), y=float(y), id=str(i))

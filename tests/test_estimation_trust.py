@@ -228,3 +228,22 @@ def test_batch_flags_pairs_above_max_error(shift_nir, tmp_path):
     assert again.exit_code == 0, again.output
     assert read_json(out / "summary.json")["pairs"][0]["status"] == "ok"
     assert (out / "nir.tif").exists()
+
+
+def test_no_resample_writes_the_local_field_as_gcps_a_thin_plate_spline_follows(local_case, tmp_path):
+    from rasterio.transform import GCPTransformer
+
+    ref, mov, size = local_case
+    out = tmp_path / "copy.tif"
+    result = CliRunner().invoke(app, ["register", str(ref), str(mov), "-o", str(out), "--no-resample",
+                                      "--model", "local", "--no-rotation-search"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(out) as ds:
+        gcps, _ = ds.gcps
+    assert len(gcps) == 40 * 40
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(30, size[0] - 30, 200), rng.uniform(30, size[1] - 30, 200)
+    with GCPTransformer(gcps, tps=True) as spline:
+        gx, gy = spline.xy(y, x, offset="ul")
+    tx, ty = bumps(x, y)
+    assert float(np.max(np.hypot(np.asarray(gx) - tx, np.asarray(gy) - ty))) <= 0.6

@@ -51,8 +51,9 @@ def best_consensus(residuals: np.ndarray, kind: str, search_radius_px: float, ma
     k = np.arange(s + 1, n + 1)
     e = np.maximum(r[s:], MIN_RESIDUAL_PX)
     log_alpha = np.minimum(2.0 * np.log10(e / search_radius_px), 0.0)
-    log_nfa = (math.log10(n_tests * (n - s)) + _log10_binomial(n, k) + _log10_binomial(k, s)
-               + (k - s) * log_alpha)
+    log_fact = _log10_factorials(n)
+    log_nfa = (math.log10(n_tests * (n - s)) + (log_fact[n] - log_fact[k] - log_fact[n - k])
+               + (log_fact[k] - log_fact[s] - log_fact[k - s]) + (k - s) * log_alpha)
     log_nfa[e > max_threshold_px] = math.inf
     best = int(np.argmin(log_nfa))
     if not math.isfinite(log_nfa[best]):
@@ -60,7 +61,6 @@ def best_consensus(residuals: np.ndarray, kind: str, search_radius_px: float, ma
     return Consensus(float(log_nfa[best]), int(k[best]), float(e[best]))
 
 
-def _log10_binomial(n: int | np.ndarray, k: int | np.ndarray) -> np.ndarray:
-    lgamma = np.vectorize(math.lgamma, otypes=[float])
-    n, k = np.asarray(n, float), np.asarray(k, float)
-    return (lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1)) / math.log(10)
+def _log10_factorials(n: int) -> np.ndarray:
+    """log10(i!) for i = 0..n, for the binomial coefficients of the NFA."""
+    return np.concatenate([[0.0], np.cumsum(np.log10(np.arange(1, n + 1)))])

@@ -58,12 +58,14 @@ def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarra
     if n_blocks < MIN_BLOCKS:
         return Uncertainty(np.full(len(at), math.inf), math.inf, 0, n_blocks)
     members = [np.flatnonzero(blocks == b) for b in range(n_blocks)]
+    sizes = np.array([len(m) for m in members])
     rng = np.random.default_rng(seed)
     predictions = []
     for _ in range(LOCAL_REPLICATES if local else replicates):
-        idx = np.concatenate([members[b] for b in rng.integers(0, n_blocks, n_blocks)])
-        if len(np.unique(idx)) < MIN_SAMPLES[kind]:
+        drawn = rng.integers(0, n_blocks, n_blocks)
+        if sizes[np.unique(drawn)].sum() < MIN_SAMPLES[kind]:
             continue
+        idx = np.concatenate([members[b] for b in drawn])
         try:
             with np.errstate(all="ignore"):
                 xy = (refitted_prediction(model, s[idx], d[idx], at) if local

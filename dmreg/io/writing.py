@@ -125,8 +125,8 @@ def write_copy(src: rasterio.io.DatasetReader, dst_path: str | Path, *, crs: CRS
             for col in range(0, src.width, BLOCK):
                 win = Window(col, row, min(BLOCK, src.width - col), min(BLOCK, src.height - row))
                 dst.write(src.read(window=win), window=win)
-        if gcps is not None:
-            dst.gcps = (gcps, crs)
+        if gcps is not None:  # pixel space: GCPs in reference pixels, with no CRS (rasterio wants an empty one)
+            dst.gcps = (gcps, crs if crs is not None else CRS())
         _copy_band_metadata(src, dst)
 
 
