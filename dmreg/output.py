@@ -16,7 +16,7 @@ from dmreg.geometry.mapping import apply_affine
 from dmreg.io.writing import write_copy, write_resampled
 
 if TYPE_CHECKING:
-    from dmreg.pipeline import RegistrationResult
+    from dmreg.result import RegistrationResult
 
 GRIDS = ("reference", "moving")
 AFFINE_KINDS = ("translation", "similarity", "affine")

@@ -1,9 +1,11 @@
 """register(): the one orchestrator, from two raster paths to an estimated mapping.
 
 Coarse-to-fine: both rasters are first matched at reduced resolution over the whole
-overlap (large georeferencing errors become small there), then full-resolution tiles
-of the moving raster are read through that initial model and matched with a small
-search radius. All matches are fitted with RANSAC and the simplest adequate model.
+overlap (:mod:`dmreg.coarse`; large georeferencing errors become small there), then
+full-resolution tiles of the moving raster are read through that initial model and
+matched with a small search radius. Every model is fitted with RANSAC and kept only if
+its consensus could not arise by chance; the model that best predicts held-out tiles
+is chosen, and a block bootstrap says how far off it may be.
 """
 
 from __future__ import annotations
@@ -12,143 +14,35 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-
-from pathlib import Path
 
 import numpy as np
 import shapely
-from rasterio.enums import Resampling
 from shapely.geometry import MultiPoint, Polygon
 
-from dmreg.errors import DmregError, FlaggedError, OutputExistsError, RegistrationError, UsageError
+from dmreg.coarse import IDENTITY, SEARCH_SPREAD, TileReader, coarse_alignment, search_orientation
+from dmreg.errors import DmregError, FlaggedError, OutputExistsError, RegistrationError
 from dmreg.estimate.models import KINDS, Transform
 from dmreg.estimate.robust import ModelFit, fit_all, summarise_fit
 from dmreg.estimate.selection import CVScore, choose_model
-from dmreg.estimate.uncertainty import Uncertainty, bootstrap_uncertainty
+from dmreg.estimate.uncertainty import bootstrap_uncertainty
 from dmreg.geometry.footprint import overlap_in_reference
 from dmreg.geometry.mapping import CHECK_GRID_SIZE, CorrectedMapping, GeorefMapping, check_points
 from dmreg.geometry.tiling import Grid, grid_over, plan_tiles
 from dmreg.io.raster import RasterInfo, check_readable, describe, gdal_env, open_raster
-from dmreg.io.sampling import SUPPORTED_RESAMPLING, normalise_contrast, sample_onto_grid
 from dmreg.io.writing import check_output, write_text
 from dmreg.matchers import Matcher, TilePair, get_matcher
-from dmreg.matchers.structure import gradient_energy
-from dmreg.output import GRIDS, write_aligned
+from dmreg.options import MODEL_CHOICES, OutputOptions, RegisterOptions
+from dmreg.output import write_aligned
 from dmreg.report import build_failure_report, build_report, tie_points_geojson, to_json
+from dmreg.result import Correspondences, RegistrationResult
+
+__all__ = ["MODEL_CHOICES", "Correspondences", "OutputOptions", "ProgressFn", "RegisterOptions",
+           "RegistrationResult", "estimate", "register"]
 
 log = logging.getLogger("dmreg")
 
-COARSE_KINDS = ("translation", "similarity", "affine")
-IDENTITY = Transform("translation", matrix=np.eye(3))
-ORIENTATION_SEARCH_SIZE = 256   # longest side of the grid the orientations are tried on
-DEFAULT_ROTATION_STEP_DEG = 15.0  # for matchers that do not say what rotation they tolerate
-SEARCH_SPREAD = 1.5
-"""Matchers accept matches up to 1.5 x ``max_offset`` from the prediction: the radius of
-the disk a random match falls in, for the a-contrario test."""
-
 ProgressFn = Callable[[int, int], None]
 """Called as progress(done, total) after each batch of tiles."""
-
-
-MODEL_CHOICES = ("auto", *KINDS, "local")
-"""``--model``: auto (chosen by cross-validation), a global kind, or local (a smooth field
-on top of the best global kind)."""
-
-
-@dataclass(frozen=True)
-class RegisterOptions:
-    """Everything that steers one registration; the defaults suit 10-100 m imagery."""
-
-    ref_band: int = 1
-    mov_band: int = 1
-    matcher: str = "structural"
-    weights: str | None = None        # learned matchers: a shipped name or a path
-    device: str = "auto"              # learned matchers: auto, cpu, cuda, cuda:N
-    model: str = "auto"               # auto, local or one of estimate.models.KINDS
-    tile_size: int = 512              # tile side in working pixels
-    tile_overlap: int = 32
-    max_tiles: int = 100
-    coarse_size: int = 1024           # longest side of the coarse level in pixels
-    max_offset_px: float | None = None  # largest georeferencing error expected (reference px)
-    ransac_threshold_px: float = 1.5  # inlier threshold in working pixels
-    min_inliers: int = 12
-    min_valid_fraction: float = 0.5   # tiles with less valid (non-nodata) area are skipped
-    min_texture: float = 0.01         # tiles with less mean gradient are skipped
-    batch_size: int = 8
-    refinements: int = 1              # extra fine passes through the fitted model: sub-pixel
-                                      # peak estimates are unbiased only near zero offset
-    ref_modality: str | None = None
-    mov_modality: str | None = None
-    max_error_px: float | None = None  # predicted CE90 above this: flagged (FlaggedError), nothing written
-    rotation_search: bool | None = None  # None: on for pixel-space pairs, off for georeferenced ones
-    flip: bool = False                # rotation search also tries the mirrored image
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.model not in MODEL_CHOICES:
-            raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(MODEL_CHOICES)}")
-        if self.tile_size < 64:
-            raise UsageError("--tile-size must be at least 64 pixels")
-        if not 0 <= self.tile_overlap < self.tile_size:
-            raise UsageError("--tile-overlap must be between 0 and the tile size")
-        if self.max_tiles < 1:
-            raise UsageError("--max-tiles must be at least 1")
-        if self.ransac_threshold_px <= 0:
-            raise UsageError("--ransac-threshold must be positive")
-        if self.max_error_px is not None and not self.max_error_px > 0:
-            raise UsageError("--max-error must be positive")
-        if self.flip and self.rotation_search is False:
-            raise UsageError("--flip is part of the rotation search: it cannot be combined with --no-rotation-search")
-
-
-@dataclass
-class Correspondences:
-    """All matches in full-resolution pixels: ``mov_px`` (moving raster), ``pred_px``
-    (where the georeferencing puts them in the reference) and ``ref_px`` (where they
-    matched in the reference)."""
-
-    mov_px: np.ndarray
-    pred_px: np.ndarray
-    ref_px: np.ndarray
-    confidence: np.ndarray
-    tile: np.ndarray
-
-    @classmethod
-    def empty(cls) -> Correspondences:
-        z = np.zeros((0, 2))
-        return cls(z, z, z, np.zeros(0), np.zeros(0, int))
-
-    def __len__(self) -> int:
-        return len(self.confidence)
-
-
-@dataclass
-class RegistrationResult:
-    ref: RasterInfo
-    mov: RasterInfo
-    georef: GeorefMapping
-    correction: Transform
-    selected: ModelFit
-    fits: dict[str, ModelFit]
-    scores: dict[str, CVScore]
-    matches: Correspondences
-    matcher: dict
-    tiles: int
-    tiles_matched: int
-    coarse: dict
-    uncertainty: Uncertainty | None = None  # at the report's check grid
-    timings_s: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def mapping(self) -> CorrectedMapping:
-        """Moving pixel -> reference pixel, corrected."""
-        return CorrectedMapping(self.georef, self.correction)
-
-    def residuals_px(self) -> np.ndarray:
-        x, y = self.correction.apply(self.matches.pred_px[:, 0], self.matches.pred_px[:, 1])
-        return np.hypot(x - self.matches.ref_px[:, 0], y - self.matches.ref_px[:, 1])
 
 
 def estimate(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOptions(),
@@ -173,15 +67,15 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
             warnings.append("neither raster is georeferenced: registering in pixel space")
         overlap = overlap_in_reference(georef, (mov.width, mov.height), (ref.width, ref.height))
         work_scale = _working_scale(georef, mov)
-        reader = _TileReader(ref_ds, mov_ds, options, timings)
+        reader = TileReader(ref_ds, mov_ds, options, timings)
 
         coarse_grid = grid_over(overlap, options.coarse_size, min_scale=work_scale)
         max_offset = options.max_offset_px or 0.25 * max(coarse_grid.width, coarse_grid.height) * coarse_grid.scale
         t = time.perf_counter()
         search = options.rotation_search if options.rotation_search is not None else not ref.georeferenced
-        turn, orientation = (_search_orientation(reader, matcher, georef, overlap, work_scale, options) if search
+        turn, orientation = (search_orientation(reader, matcher, georef, overlap, work_scale, options) if search
                              else (IDENTITY, None))
-        initial, coarse = _coarse_alignment(reader, matcher, georef, coarse_grid, max_offset, options, turn)
+        initial, coarse = coarse_alignment(reader, matcher, georef, coarse_grid, max_offset, options, turn)
         if orientation:
             coarse["orientation"] = orientation
         timings["coarse"] = time.perf_counter() - t
@@ -222,30 +116,6 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
     )
 
 
-class _TileReader:
-    """Reads the reference and the moving raster onto one grid, screened and scaled."""
-
-    def __init__(self, ref_ds, mov_ds, options: RegisterOptions, timings: dict[str, float]):
-        self.ref_ds, self.mov_ds, self.options, self.timings = ref_ds, mov_ds, options, timings
-
-    def pair(self, grid: Grid, mov_coords, max_offset: float) -> TilePair | None:
-        t = time.perf_counter()
-        ref_v, ref_ok = sample_onto_grid(self.ref_ds, [self.options.ref_band], grid.to_ref, grid.shape)
-        mov_v, mov_ok = sample_onto_grid(
-            self.mov_ds, [self.options.mov_band], lambda u, v: mov_coords(*grid.to_ref(u, v)), grid.shape
-        )
-        self.timings["read"] += time.perf_counter() - t
-        ok = ref_ok & mov_ok
-        if ok.mean() < self.options.min_valid_fraction:
-            return None
-        ref_img = normalise_contrast(ref_v[0], ref_ok)
-        mov_img = normalise_contrast(mov_v[0], mov_ok)
-        if min(gradient_energy(ref_img)[ok].mean(), gradient_energy(mov_img)[ok].mean()) < self.options.min_texture:
-            return None
-        return TilePair(ref_img, mov_img, ref_ok, mov_ok, max_offset=max_offset,
-                        ref_modality=self.options.ref_modality, mov_modality=self.options.mov_modality)
-
-
 def _working_scale(georef: GeorefMapping, mov: RasterInfo) -> float:
     """Reference pixels per working pixel: the coarser of the two resolutions, so a
     coarse thermal band is not matched against needlessly fine optical detail."""
@@ -255,89 +125,7 @@ def _working_scale(georef: GeorefMapping, mov: RasterInfo) -> float:
     return mov_px_in_ref if mov_px_in_ref > 1.5 else 1.0
 
 
-def _coarse_alignment(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, grid: Grid,
-                      max_offset: float, options: RegisterOptions,
-                      turn: Transform = IDENTITY) -> tuple[Transform | None, dict]:
-    """Match the whole overlap at low resolution; an initial correction or None.
-    ``turn`` (from the orientation search) is applied to the moving raster first."""
-    info: dict = {"scale": round(grid.scale, 4), "size": [grid.width, grid.height]}
-    found = _coarse_matches(reader, matcher, georef, grid, max_offset, turn)
-    if isinstance(found, str):
-        info["reason"] = found
-        return None, info
-    src, dst, confidence = found
-    info["matches"] = len(src)
-    threshold = max(options.ransac_threshold_px * grid.scale, 1.0)
-    fits = fit_all(src, dst, threshold, kinds=COARSE_KINDS, weights=confidence, seed=options.seed,
-                   search_radius=SEARCH_SPREAD * max_offset)
-    fits = {k: f for k, f in fits.items() if f.meaningful}
-    if not fits:
-        info["reason"] = "no meaningful model (the consensus could arise from random matches)"
-        return None, info
-    at = np.column_stack(grid.to_ref(*check_points(grid.width, grid.height)))
-    choice = choose_model(fits, src, dst, np.zeros(len(src), int), 2 * threshold, at, order=COARSE_KINDS,
-                          local="no", seed=options.seed)
-    chosen = fits[choice.kind]
-    info.update({"model": chosen.kind, "inliers": chosen.n_inliers, "rmse_px": round(chosen.rmse_px, 4),
-                 "log10_nfa": round(chosen.consensus.log10_nfa, 2)})
-    return chosen.transform, info
-
-
-def _coarse_matches(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, grid: Grid, max_offset: float,
-                    turn: Transform) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
-    """Matches over the whole overlap as (src, dst, confidence) in reference pixels, or
-    why there are none. The moving raster is read through ``turn``, so its matches are
-    mapped back through it."""
-    pair = reader.pair(grid, lambda x, y: georef.inverse(*turn.apply(x, y)), max_offset / grid.scale)
-    if pair is None:
-        return "overlap mostly nodata or textureless at coarse level"
-    found = matcher.match([pair])[0]
-    if len(found) < 4:
-        return f"{len(found)} matches"
-    src = np.column_stack(turn.apply(*grid.to_ref(found.mov_xy[:, 0], found.mov_xy[:, 1])))
-    dst = np.column_stack(grid.to_ref(found.ref_xy[:, 0], found.ref_xy[:, 1]))
-    return src, dst, found.confidence
-
-
-def _search_orientation(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, overlap: Polygon,
-                        work_scale: float, options: RegisterOptions) -> tuple[Transform, dict]:
-    """The orientation (and, with ``flip``, mirroring) of the moving raster under which
-    the coarse matches are most meaningful, tried over the full circle on a small grid at
-    the step the matcher tolerates (``rotation_step_deg``)."""
-    grid = grid_over(overlap, ORIENTATION_SEARCH_SIZE, min_scale=work_scale)
-    max_offset = 0.25 * max(grid.width, grid.height) * grid.scale
-    threshold = max(options.ransac_threshold_px * grid.scale, 1.0)
-    step = float(getattr(matcher, "rotation_step_deg", DEFAULT_ROTATION_STEP_DEG))
-    centre = overlap.centroid
-    trials = [(angle, mirrored) for mirrored in ((False, True) if options.flip else (False,))
-              for angle in np.arange(0.0, 360.0, step)]
-    best = (math.inf, IDENTITY, 0.0, False)
-    for angle, mirrored in trials:
-        turn = _turn(float(angle), mirrored, centre.x, centre.y)
-        found = _coarse_matches(reader, matcher, georef, grid, max_offset, turn)
-        if isinstance(found, str):
-            continue
-        fits = fit_all(*found[:2], threshold, kinds=("similarity", "affine"), weights=found[2], seed=options.seed,
-                       search_radius=SEARCH_SPREAD * max_offset)
-        score = min((f.consensus.log10_nfa for f in fits.values()), default=math.inf)
-        if score < best[0]:
-            best = (score, turn, float(angle), mirrored)
-    score, turn, angle, mirrored = best
-    info = {"tried": len(trials), "step_deg": step, "angle_deg": angle, "mirrored": mirrored,
-            "log10_nfa": round(score, 2) if math.isfinite(score) else None}
-    return turn, info
-
-
-def _turn(angle_deg: float, mirrored: bool, cx: float, cy: float) -> Transform:
-    """Rotation by ``angle_deg`` (after a left-right mirror) about (cx, cy)."""
-    a = math.radians(angle_deg)
-    m = np.diag([-1.0, 1.0, 1.0]) if mirrored else np.eye(3)
-    rotate = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
-    about = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1.0]])
-    return Transform("affine", matrix=about @ rotate @ m @ np.linalg.inv(about))
-
-
-def _match_tiles(reader: _TileReader, matcher: Matcher, georef: GeorefMapping, initial: Transform,
+def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, initial: Transform,
                  tiles: list[Grid], max_offset: float, progress: ProgressFn | None,
                  timings: dict[str, float]) -> tuple[Correspondences, int]:
     mapping = CorrectedMapping(georef, initial)
@@ -460,31 +248,6 @@ def _drop_unsupported(fits: dict[str, ModelFit], src: np.ndarray, overlap: Polyg
                 continue
         kept[kind] = f
     return kept
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """Where and how to write; None paths are not written."""
-
-    raster: str | None = None
-    report: str | None = None
-    tiepoints: str | None = None
-    grid: str = "reference"
-    resample: bool = True
-    resampling: Resampling = Resampling.bilinear
-    nodata: float | None = None
-    creation_options: dict[str, str] = field(default_factory=dict)
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        if self.grid not in GRIDS:
-            raise UsageError(f"unknown grid {self.grid!r}; choose one of: {', '.join(GRIDS)}")
-        if self.resampling not in SUPPORTED_RESAMPLING:
-            names = ", ".join(r.name for r in SUPPORTED_RESAMPLING)
-            raise UsageError(f"resampling {self.resampling.name} is not supported; choose one of: {names}")
-        paths = [p for p in (self.raster, self.report, self.tiepoints) if p]
-        if len({str(Path(p).resolve()) for p in paths}) < len(paths):
-            raise UsageError("the raster, report and tie-point outputs must be different files")
 
 
 def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOptions(),

@@ -39,7 +39,7 @@ from dmreg.io.writing import atomic_path
 
 if TYPE_CHECKING:
     from dmreg.estimate.uncertainty import Uncertainty
-    from dmreg.pipeline import RegistrationResult
+    from dmreg.result import RegistrationResult
 
 PREVIEW_SIZE = 700        # longest side of the preview in pixels (never finer than the reference)
 CHECKERS = 8              # checkerboard squares across the longer side

@@ -6,7 +6,6 @@ import json
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
 
 from dmreg import __version__
 from dmreg.errors import DmregError
@@ -15,7 +14,7 @@ from dmreg.io.raster import RasterInfo
 from dmreg.output import pixel_matrix
 
 if TYPE_CHECKING:
-    from dmreg.pipeline import RegistrationResult
+    from dmreg.result import RegistrationResult
 
 SCHEMA = "dmreg.report/1"
 

@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
 from typer.testing import CliRunner
 
 from dmreg.errors import RegistrationError

@@ -1,0 +1,139 @@
+"""The coarse stage: the whole overlap at reduced resolution, through an orientation
+search when the pair has no georeferencing to say which way is up.
+
+Matches found here become the initial model the full-resolution tiles are read
+through, so a large georeferencing error (or a rotated drone frame) becomes a small
+offset there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from shapely.geometry import Polygon
+
+from dmreg.estimate.models import Transform
+from dmreg.estimate.robust import fit_all
+from dmreg.estimate.selection import choose_model
+from dmreg.geometry.mapping import GeorefMapping, check_points
+from dmreg.geometry.tiling import Grid, grid_over
+from dmreg.io.sampling import normalise_contrast, sample_onto_grid
+from dmreg.matchers import Matcher, TilePair
+from dmreg.matchers.structure import gradient_energy
+from dmreg.options import RegisterOptions
+
+COARSE_KINDS = ("translation", "similarity", "affine")
+IDENTITY = Transform("translation", matrix=np.eye(3))
+ORIENTATION_SEARCH_SIZE = 256   # longest side of the grid the orientations are tried on
+DEFAULT_ROTATION_STEP_DEG = 15.0  # for matchers that do not say what rotation they tolerate
+SEARCH_SPREAD = 1.5
+"""Matchers accept matches up to 1.5 x ``max_offset`` from the prediction: the radius of
+the disk a random match falls in, for the a-contrario test."""
+
+
+class TileReader:
+    """Reads the reference and the moving raster onto one grid, screened and scaled."""
+
+    def __init__(self, ref_ds, mov_ds, options: RegisterOptions, timings: dict[str, float]):
+        self.ref_ds, self.mov_ds, self.options, self.timings = ref_ds, mov_ds, options, timings
+
+    def pair(self, grid: Grid, mov_coords, max_offset: float) -> TilePair | None:
+        t = time.perf_counter()
+        ref_v, ref_ok = sample_onto_grid(self.ref_ds, [self.options.ref_band], grid.to_ref, grid.shape)
+        mov_v, mov_ok = sample_onto_grid(
+            self.mov_ds, [self.options.mov_band], lambda u, v: mov_coords(*grid.to_ref(u, v)), grid.shape
+        )
+        self.timings["read"] += time.perf_counter() - t
+        ok = ref_ok & mov_ok
+        if ok.mean() < self.options.min_valid_fraction:
+            return None
+        ref_img = normalise_contrast(ref_v[0], ref_ok)
+        mov_img = normalise_contrast(mov_v[0], mov_ok)
+        if min(gradient_energy(ref_img)[ok].mean(), gradient_energy(mov_img)[ok].mean()) < self.options.min_texture:
+            return None
+        return TilePair(ref_img, mov_img, ref_ok, mov_ok, max_offset=max_offset,
+                        ref_modality=self.options.ref_modality, mov_modality=self.options.mov_modality)
+
+
+def coarse_alignment(reader: TileReader, matcher: Matcher, georef: GeorefMapping, grid: Grid,
+                      max_offset: float, options: RegisterOptions,
+                      turn: Transform = IDENTITY) -> tuple[Transform | None, dict]:
+    """Match the whole overlap at low resolution; an initial correction or None.
+    ``turn`` (from the orientation search) is applied to the moving raster first."""
+    info: dict = {"scale": round(grid.scale, 4), "size": [grid.width, grid.height]}
+    found = _coarse_matches(reader, matcher, georef, grid, max_offset, turn)
+    if isinstance(found, str):
+        info["reason"] = found
+        return None, info
+    src, dst, confidence = found
+    info["matches"] = len(src)
+    threshold = max(options.ransac_threshold_px * grid.scale, 1.0)
+    fits = fit_all(src, dst, threshold, kinds=COARSE_KINDS, weights=confidence, seed=options.seed,
+                   search_radius=SEARCH_SPREAD * max_offset)
+    fits = {k: f for k, f in fits.items() if f.meaningful}
+    if not fits:
+        info["reason"] = "no meaningful model (the consensus could arise from random matches)"
+        return None, info
+    at = np.column_stack(grid.to_ref(*check_points(grid.width, grid.height)))
+    choice = choose_model(fits, src, dst, np.zeros(len(src), int), 2 * threshold, at, order=COARSE_KINDS,
+                          local="no", seed=options.seed)
+    chosen = fits[choice.kind]
+    info.update({"model": chosen.kind, "inliers": chosen.n_inliers, "rmse_px": round(chosen.rmse_px, 4),
+                 "log10_nfa": round(chosen.consensus.log10_nfa, 2)})
+    return chosen.transform, info
+
+
+def _coarse_matches(reader: TileReader, matcher: Matcher, georef: GeorefMapping, grid: Grid, max_offset: float,
+                    turn: Transform) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    """Matches over the whole overlap as (src, dst, confidence) in reference pixels, or
+    why there are none. The moving raster is read through ``turn``, so its matches are
+    mapped back through it."""
+    pair = reader.pair(grid, lambda x, y: georef.inverse(*turn.apply(x, y)), max_offset / grid.scale)
+    if pair is None:
+        return "overlap mostly nodata or textureless at coarse level"
+    found = matcher.match([pair])[0]
+    if len(found) < 4:
+        return f"{len(found)} matches"
+    src = np.column_stack(turn.apply(*grid.to_ref(found.mov_xy[:, 0], found.mov_xy[:, 1])))
+    dst = np.column_stack(grid.to_ref(found.ref_xy[:, 0], found.ref_xy[:, 1]))
+    return src, dst, found.confidence
+
+
+def search_orientation(reader: TileReader, matcher: Matcher, georef: GeorefMapping, overlap: Polygon,
+                        work_scale: float, options: RegisterOptions) -> tuple[Transform, dict]:
+    """The orientation (and, with ``flip``, mirroring) of the moving raster under which
+    the coarse matches are most meaningful, tried over the full circle on a small grid at
+    the step the matcher tolerates (``rotation_step_deg``)."""
+    grid = grid_over(overlap, ORIENTATION_SEARCH_SIZE, min_scale=work_scale)
+    max_offset = 0.25 * max(grid.width, grid.height) * grid.scale
+    threshold = max(options.ransac_threshold_px * grid.scale, 1.0)
+    step = float(getattr(matcher, "rotation_step_deg", DEFAULT_ROTATION_STEP_DEG))
+    centre = overlap.centroid
+    trials = [(angle, mirrored) for mirrored in ((False, True) if options.flip else (False,))
+              for angle in np.arange(0.0, 360.0, step)]
+    best = (math.inf, IDENTITY, 0.0, False)
+    for angle, mirrored in trials:
+        turn = _turn(float(angle), mirrored, centre.x, centre.y)
+        found = _coarse_matches(reader, matcher, georef, grid, max_offset, turn)
+        if isinstance(found, str):
+            continue
+        fits = fit_all(*found[:2], threshold, kinds=("similarity", "affine"), weights=found[2], seed=options.seed,
+                       search_radius=SEARCH_SPREAD * max_offset)
+        score = min((f.consensus.log10_nfa for f in fits.values()), default=math.inf)
+        if score < best[0]:
+            best = (score, turn, float(angle), mirrored)
+    score, turn, angle, mirrored = best
+    info = {"tried": len(trials), "step_deg": step, "angle_deg": angle, "mirrored": mirrored,
+            "log10_nfa": round(score, 2) if math.isfinite(score) else None}
+    return turn, info
+
+
+def _turn(angle_deg: float, mirrored: bool, cx: float, cy: float) -> Transform:
+    """Rotation by ``angle_deg`` (after a left-right mirror) about (cx, cy)."""
+    a = math.radians(angle_deg)
+    m = np.diag([-1.0, 1.0, 1.0]) if mirrored else np.eye(3)
+    rotate = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
+    about = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1.0]])
+    return Transform("affine", matrix=about @ rotate @ m @ np.linalg.inv(about))
