@@ -132,21 +132,25 @@ def choose_model(fits: dict[str, ModelFit], src: np.ndarray, dst: np.ndarray, ti
                  seed: int = 0) -> Choice:
     """Cross-validate the global fits, then a local field on top of the best of them.
 
-    Every match is judged, each global model's inliers and the rest alike: a local
-    distortion pushes many true matches off every global model, and a global model
-    fitted to one strip of them must pay for the rest. The truncated loss keeps false
-    matches from deciding. ``at`` (N x 2, in ``src`` coordinates) spreads over the
-    output area, for the variance term. ``local``: "no" (globals only), "candidate"
-    (local competes), "always" (--model local).
+    The global models are judged on the matches at least one of them explains (their
+    inliers' union): matches no model explains, most of them on a hard cross-modal pair,
+    would only add the same truncated loss to every candidate and drown the
+    difference. The local field is then judged against the best global model on every
+    match, since a local distortion pushes true matches off every global model. The
+    truncated loss keeps false matches from deciding. ``at`` (N x 2, in ``src``
+    coordinates) spreads over the output area, for the variance term. ``local``: "no"
+    (globals only), "candidate" (local competes), "always" (--model local). The scores
+    of the local model and of the best global one are those of the second comparison.
     """
-    blocks = spatial_blocks(src, tiles)
+    explained = np.any([f.inliers for f in fits.values()], axis=0)
+    blocks = spatial_blocks(src[explained], tiles[explained])
     if int(blocks.max()) + 1 < MIN_BLOCKS:  # too few blocks to hold any out: the simplest fit
         simplest = next(k for k in order if k in fits)
         model = _local_fit(fits[simplest], src, dst, tiles, seed) if local == "always" else None
         return Choice("local" if model else simplest, {}, model)
     variance = {kind: _variance(f.transform, f.inliers, src, dst, tiles, at, seed) for kind, f in fits.items()}
-    fitters: dict[str, Fitter] = {kind: _global_fitter(kind, f.inliers) for kind, f in fits.items()}
-    losses = cross_validate(fitters, src, dst, blocks, truncate_px, seed=seed)
+    fitters = {kind: _global_fitter(kind, f.inliers[explained]) for kind, f in fits.items()}
+    losses = cross_validate(fitters, src[explained], dst[explained], blocks, truncate_px, seed=seed)
     best, scores = choose(losses, order, variance)
     if local == "no":
         return Choice(best, scores, variance=variance)
@@ -156,14 +160,13 @@ def choose_model(fits: dict[str, ModelFit], src: np.ndarray, dst: np.ndarray, ti
         base = fit(best, a[train & base_inliers], b[train & base_inliers])
         return fit_local(base, a[train], b[train], tiles[train], seed=seed)
 
-    losses.update(cross_validate({"local": local_fitter}, src, dst, blocks, truncate_px, seed=seed))
+    every_block = spatial_blocks(src, tiles)
+    pair = cross_validate({best: _global_fitter(best, base_inliers), "local": local_fitter}, src, dst,
+                          every_block, truncate_px, seed=seed)
     model = _local_fit(fits[best], src, dst, tiles, seed)
     variance["local"] = variance[best] + float(np.mean(model.std_at(at[:, 0], at[:, 1]) ** 2))
-    if local == "always":
-        kind = "local"
-    else:
-        kind = choose({k: losses[k] for k in (best, "local")}, (best, "local"), variance)[0]
-    return Choice(kind, _scores(losses), model if kind == "local" else None, variance)
+    kind = "local" if local == "always" else choose(pair, (best, "local"), variance)[0]
+    return Choice(kind, {**scores, **_scores(pair)}, model if kind == "local" else None, variance)
 
 
 def _variance(model: PointTransform, inliers: np.ndarray, src: np.ndarray, dst: np.ndarray, tiles: np.ndarray,
