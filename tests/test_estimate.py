@@ -325,3 +325,13 @@ def test_choose_keeps_the_simplest_when_no_candidate_could_be_cross_validated():
     """Every candidate failed to fit without some block: nothing showed more is needed."""
     losses = {"translation": np.array([np.inf, 1.0, 2.0]), "affine": np.array([1.0, np.inf, 1.0])}
     assert choose(losses, ("translation", "affine")) == ("translation", {})
+
+
+@pytest.mark.parametrize("bad", [0.0, np.nan, -1.0])
+def test_ransac_survives_zero_nan_or_negative_confidences(bad):
+    src, dst, outlier, truth = contaminated("affine", 200, 0.3, noise=0.2, seed=11)
+    weights = np.ones(len(src))
+    weights[::2] = bad
+    result = ransac("affine", src, dst, threshold=1.0, weights=weights)
+    assert result is not None and (result.inliers & outlier).sum() <= 2
+    assert ransac("affine", src, dst, threshold=1.0, weights=np.full(len(src), bad)) is not None

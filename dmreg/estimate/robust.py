@@ -66,7 +66,7 @@ def ransac(kind: str, src: np.ndarray, dst: np.ndarray, threshold: float,
     if n < max(k + 1, 3):
         return None
     rng = np.random.default_rng(seed)
-    p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+    p = None if weights is None else _sampling_probabilities(weights)
     best_cost, best = math.inf, None
     needed, it = max_iterations, 0
     while it < min(needed, max_iterations):
@@ -146,6 +146,16 @@ def summarise_fit(model: PointTransform, src: np.ndarray, dst: np.ndarray, thres
     rmse = float(np.sqrt(np.mean(r * r))) if len(r) else math.inf
     ce90 = float(np.percentile(r, 90)) if len(r) else math.inf
     return ModelFit(model, inliers, rmse, ce90, consensus)
+
+
+def _sampling_probabilities(weights: np.ndarray) -> np.ndarray:
+    """Confidences as sampling probabilities. A matcher may return zero, negative or NaN
+    confidences: those become a small floor, so every match can still be drawn and a
+    minimal sample always exists."""
+    w = np.nan_to_num(np.asarray(weights, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    w = np.clip(w, 0.0, None)
+    w = w + 1e-3 * (w.max() if w.max() > 0 else 1.0)
+    return w / w.sum()
 
 
 def _iterations_needed(inlier_ratio: float, k: int, confidence: float) -> int:
