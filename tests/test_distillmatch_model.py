@@ -14,6 +14,7 @@ import json
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import rasterio
@@ -156,22 +157,22 @@ def test_forward_shapes_and_match_consistency():
     assert torch.equal(m["confidence"], out["log_conf"].exp()[m["batch"], m["cells0"], m["cells1"]])
 
 
-def test_refinement_of_identical_images_is_unbiased():
-    """Refining both ways and keeping the midpoint cancels the centre-to-window bias:
-    an image matched with itself gives every match a zero offset, whatever the weights."""
-    torch.manual_seed(0)
-    model = DistillMatch(SMALL).eval()
-    image = torch.rand(1, 1, 64, 96)
-    with torch.inference_mode():
-        out = model({"image0": image, "image1": image})
-        centres = window_centres(8, 12, torch.device("cpu"))
-        cells = torch.arange(8 * 12)
-        offset0, offset1, _ = model.refine_pairs(out, torch.zeros_like(cells), cells, cells)
-        forward, _ = refine(fine_windows(out["fine0"], SMALL.fine_window, torch.zeros_like(cells), cells),
-                            fine_windows(out["fine1"], SMALL.fine_window, torch.zeros_like(cells), cells),
-                            SMALL.fine_window)
-    assert forward.abs().max() > 1e-3, "one direction alone is biased (random weights)"
-    assert torch.allclose(centres + offset0, centres + offset1, atol=1e-5)
+@pytest.mark.parametrize("shift", [(0.4, -0.3), (-0.25, 0.45)])
+def test_refinement_recovers_a_known_sub_pixel_shift(shift):
+    """The moving tile is the reference moved by a sub-pixel shift (cubic interpolation):
+    matched with the shipped weights, the refined offsets must be that shift, which the
+    coarse cells alone (offset 0) or a one-sided, biased refinement would miss."""
+    base = l7_crop(RED, 200, row=80, col=80)
+    moved = cv2.warpAffine(base, np.float32([[1, 0, -shift[0]], [0, 1, -shift[1]]]), (200, 200),
+                           flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)  # moved(p) = base(p + shift)
+    ref, mov = base[20:180, 20:180], np.ascontiguousarray(moved[20:180, 20:180])
+    ok = np.ones(ref.shape, bool)
+    (found,) = DistillMatchMatcher(weights="distillmatch-v0.2", device="cpu").match(
+        [TilePair(ref, mov, ok, ok, max_offset=8)])
+    offset = np.median(found.ref_xy - found.mov_xy, axis=0)
+    assert len(found) >= 100
+    assert np.abs(offset - shift).max() < 0.2, offset
+    assert (np.sign(offset) == np.sign(shift)).all() and (np.abs(offset) > 0.5 * np.abs(shift)).all(), offset
 
 
 def coordinate_map(b: int, hf: int, wf: int) -> torch.Tensor:
@@ -534,6 +535,20 @@ def test_matcher_shrinks_large_tiles_and_scales_back(tiny_weights):
     assert len(found) > 0
     check_inside_valid(found.ref_xy, pair.ref_valid)
     check_inside_valid(found.mov_xy, pair.mov_valid)
+
+
+def test_shrunk_tiles_give_the_true_offset_in_tile_pixels():
+    """A 160 px tile matched at half size (max_side 80) must still report the true
+    offset (8, 12) px, not the (4, 6) of the shrunk images: the scale-back is what this
+    checks, with the shipped weights on a pair whose answer is known."""
+    ref, mov = l7_crop(RED, 160, row=90, col=90), l7_crop(RED, 160, row=102, col=98)  # ref = mov + (8, 12)
+    ok = np.ones((160, 160), bool)
+    matcher = DistillMatchMatcher(weights="distillmatch-v0.2", device="cpu", max_side=80)
+    (found,) = matcher.match([TilePair(ref, mov, ok, ok, max_offset=24)])
+    offset = np.median(found.ref_xy - found.mov_xy, axis=0)
+    assert len(found) >= 20
+    assert np.hypot(*(offset - (8.0, 12.0))) < 2.0, offset
+    assert np.hypot(*(offset - (4.0, 6.0))) > 4.0, offset
 
 
 # --- 6. weight files ------------------------------------------------------------------
