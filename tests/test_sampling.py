@@ -9,7 +9,7 @@ import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 
-from dmreg.io.sampling import sample_onto_grid
+from dmreg.io.sampling import LATTICE_STEP, sample_onto_grid
 from helpers import write_raster
 
 CRS = "EPSG:32618"
@@ -203,3 +203,21 @@ def test_unsupported_resampling_is_refused(float_raster):
     path, _ = float_raster
     with rasterio.open(path) as ds, pytest.raises(ValueError):
         sample_onto_grid(ds, [1], identity, (8, 8), resampling=Resampling.mode)
+
+
+def test_non_finite_source_coordinates_are_invalid_not_an_error(float_raster):
+    """A mapping with no answer somewhere (an inverse that did not converge) gives NaN
+    coordinates: those pixels are invalid, the others are read as usual."""
+    path, data = float_raster
+
+    def partly_nan(x, y):
+        x = np.asarray(x, float)
+        return np.where(x < 5, np.nan, x), np.asarray(y, float)
+
+    far = 5 + LATTICE_STEP  # coordinates are interpolated from a lattice: NaN reaches one lattice step
+    with rasterio.open(path) as ds:
+        values, valid = sample_onto_grid(ds, [1], partly_nan, (16, 32))
+        assert not valid[:, :5].any() and valid[:, far:].all()
+        assert np.allclose(values[0][:, far:], data[0, :16, far:32], atol=1e-5)
+        _, valid = sample_onto_grid(ds, [1], lambda x, y: (np.full_like(x, np.nan), y), (8, 8))
+    assert not valid.any()

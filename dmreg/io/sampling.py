@@ -133,18 +133,25 @@ def _bilinear(grid: np.ndarray, gr: np.ndarray, gc: np.ndarray, r: np.ndarray, c
 def _source_window(
     ds: rasterio.io.DatasetReader, sx: np.ndarray, sy: np.ndarray, cols: int, rows: int
 ) -> tuple[Window | None, float]:
-    """The dataset window covering the source coordinates, and the decimation factor."""
+    """The dataset window covering the source coordinates, and the decimation factor.
+    Non-finite coordinates (a mapping that has no answer there, e.g. an inverse that did
+    not converge) are left out: those output pixels come out invalid."""
     margin = 3
-    x0 = max(int(np.floor(sx.min())) - margin, 0)
-    y0 = max(int(np.floor(sy.min())) - margin, 0)
-    x1 = min(int(np.ceil(sx.max())) + margin, ds.width)
-    y1 = min(int(np.ceil(sy.max())) + margin, ds.height)
+    finite = np.isfinite(sx) & np.isfinite(sy)
+    if not finite.any():
+        return None, 1.0
+    x0 = max(int(np.floor(sx[finite].min())) - margin, 0)
+    y0 = max(int(np.floor(sy[finite].min())) - margin, 0)
+    x1 = min(int(np.ceil(sx[finite].max())) + margin, ds.width)
+    y1 = min(int(np.ceil(sy[finite].max())) + margin, ds.height)
     if x1 <= x0 or y1 <= y0:
         return None, 1.0
     # source pixels per output pixel, from the local Jacobian
     dx = np.hypot(np.diff(sx, axis=1), np.diff(sy, axis=1)) if cols > 1 else np.ones(1)
     dy = np.hypot(np.diff(sx, axis=0), np.diff(sy, axis=0)) if rows > 1 else np.ones(1)
-    ratio = float(min(np.median(dx), np.median(dy)))
+    if not (np.isfinite(dx).any() and np.isfinite(dy).any()):
+        return Window(x0, y0, x1 - x0, y1 - y0), 1.0
+    ratio = float(min(np.nanmedian(dx), np.nanmedian(dy)))
     factor = float(np.floor(ratio)) if ratio >= 2.0 else 1.0
     return Window(x0, y0, x1 - x0, y1 - y0), factor
 
