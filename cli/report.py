@@ -16,7 +16,7 @@ from .options import Debug, Overwrite, Quiet, Verbose
 from dmreg.batch.summary import SCHEMA
 from dmreg.errors import InputError
 from dmreg.io.writing import check_output
-from dmreg.qa import status_counts, write_overview_sheet
+from dmreg.batch.sheet import status_counts, write_overview_sheet
 
 STATUS_STYLES = {"ok": "green", "skipped": "blue", "failed": "red", "not run": "dim"}
 

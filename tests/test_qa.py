@@ -21,9 +21,9 @@ from dmreg.estimate.local import fit_local
 from dmreg.estimate.robust import summarise_fit
 from dmreg.estimate.uncertainty import Uncertainty
 from dmreg.pipeline import RegisterOptions, estimate
-from dmreg.qa import (DPI, ERROR_CMAP, ERROR_PANEL, FIELD_COLOUR, QA_WIDTH_IN, SHEET_CAPTION_IN, SHEET_CELL_IN,
-                      SHEET_HEADER_IN, UNKNOWN_COLOURS, qa_figure, read_preview, write_overview_sheet,
-                      write_qa_picture)
+from dmreg.batch.sheet import SHEET_CAPTION_IN, SHEET_CELL_IN, SHEET_HEADER_IN, write_overview_sheet
+from dmreg.qa import (DPI, ERROR_CMAP, ERROR_PANEL, FIELD_COLOUR, QA_WIDTH_IN, UNKNOWN_COLOURS, qa_figure,
+                      read_preview, write_qa_picture)
 from dmreg_cli.main import app
 from helpers import DATA, L7, Case, normalised, sha256
 
