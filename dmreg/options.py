@@ -80,6 +80,7 @@ class OutputOptions:
     nodata: float | None = None
     creation_options: dict[str, str] = field(default_factory=dict)
     overwrite: bool = False
+    report_extra: dict = field(default_factory=dict)  # top-level report fields (dmreg batch: its batch_key)
 
     def __post_init__(self) -> None:
         if self.grid not in GRIDS:

@@ -281,7 +281,8 @@ def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOp
     result.timings_s["write"] = time.perf_counter() - t
     result.timings_s["total"] += result.timings_s["write"]
     if outputs.report:
-        write_text(outputs.report, to_json(build_report(result, ref_path, mov_path)), outputs.overwrite)
+        report = {**build_report(result, ref_path, mov_path), **outputs.report_extra}
+        write_text(outputs.report, to_json(report), outputs.overwrite)
     return result
 
 
@@ -297,7 +298,7 @@ def _check_predicted_error(result: RegistrationResult, options: RegisterOptions,
     shown = f"{predicted:.2f} px" if math.isfinite(predicted) else "unknown (too few independent blocks of matches)"
     reason = f"predicted error (CE90) {shown} exceeds --max-error {options.max_error_px:g} px"
     if outputs.report:
-        report = build_report(result, ref_path, mov_path, status="flagged", flag=reason)
+        report = {**build_report(result, ref_path, mov_path, status="flagged", flag=reason), **outputs.report_extra}
         write_text(outputs.report, to_json(report), outputs.overwrite)
     raise FlaggedError(reason, result)
 

@@ -258,6 +258,32 @@ def test_rerun_skips_complete_pairs_and_redoes_partial_ones(incoming: Path, tmp_
     assert read_json(out / "summary.json")["counts"]["ok"] == 3
 
 
+def test_rerun_redoes_pairs_whose_options_or_inputs_changed(incoming: Path, tmp_path: Path, scene: dict):
+    """Paths alone do not make a result valid: another --model, or an input replaced at
+    the same path, redoes the pair (and the log says why); the same run skips it."""
+    out = tmp_path / "out"
+    args = (incoming, "--reference", L7, "--ref-band", 3, "--out", out, "-q")
+    assert batch(*args)[0] == 0
+    key = read_json(out / "nir.report.json")["batch_key"]
+    assert set(key) == {"options_sha256", "reference", "moving"} and key["moving"]["size"] > 0
+
+    statuses = lambda: {r["pair"]: r["status"] for r in read_json(out / "summary.json")["pairs"]}  # noqa: E731
+    assert batch(*args)[0] == 0
+    assert set(statuses().values()) == {"skipped"}
+
+    log = tmp_path / "batch.log"
+    assert batch(*args, "--model", "translation", "--log-file", log)[0] == 0
+    assert set(statuses().values()) == {"ok"}, "another --model is another result"
+    assert "nir: redone: the options that change results differ" in log.read_text()
+    assert read_json(out / "nir.report.json")["model"]["type"] == "translation"
+
+    time.sleep(0.01)
+    shifted_band(scene, "nir", incoming / "nir.tif", (-2.0, 1.0))  # replaced at the same path
+    assert batch(*args, "--model", "translation", "--log-file", log)[0] == 0
+    assert statuses() == {"nir": "ok", "swir1": "skipped", "swir2": "skipped"}
+    assert "nir: redone: the moving raster changed" in log.read_text()
+
+
 def test_a_live_lock_refuses_a_second_run(incoming: Path, tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()

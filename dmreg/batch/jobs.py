@@ -33,6 +33,7 @@ class PairJob:
     output_options: OutputOptions   # how to write; its paths are filled in per pair
     record: PairRecord              # the pair's record before it runs (names, relative outputs)
     threads: int = 0                # CPU threads for this process's numeric libraries; 0: leave as is
+    key: dict | None = None         # the batch key its report records, so a rerun knows what it was made with
 
 
 def run_pair(job: PairJob) -> PairRecord:
@@ -44,7 +45,7 @@ def run_pair(job: PairJob) -> PairRecord:
         job.outputs.clear()
         outputs = dataclasses.replace(job.output_options, raster=str(job.outputs.raster),
                                       report=str(job.outputs.report), tiepoints=str(job.outputs.tiepoints),
-                                      overwrite=False)
+                                      overwrite=False, report_extra={"batch_key": job.key} if job.key else {})
         try:
             result = register(job.pair.reference, job.pair.moving, job.options, outputs,
                               matcher=_matcher(job.options))

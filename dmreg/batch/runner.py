@@ -14,6 +14,7 @@ from dmreg.batch.jobs import PairJob
 from dmreg.batch.lock import OutputLock
 from dmreg.batch.outputs import PairOutputs, completed_report, remove_temp_files
 from dmreg.batch.pairing import Pair
+from dmreg.batch.resume import batch_key, why_redo
 from dmreg.batch.summary import PairRecord, counts, now, write_summary
 from dmreg.errors import UsageError
 from dmreg.pipeline import OutputOptions, RegisterOptions
@@ -114,12 +115,18 @@ def _plan(pairs: list[Pair], options: RegisterOptions, output_options: OutputOpt
         outputs = PairOutputs.for_pair(batch.out_dir, pair.name, batch.qa)
         record = PairRecord(pair.name, pair.reference, pair.moving, outputs=outputs.relative_to(batch.out_dir))
         if pair.error_code is not None:
-            record = dataclasses.replace(record, status="failed", exit_code=pair.error_code, error=pair.error)
-        elif not batch.overwrite and (report := completed_report(outputs, pair.reference, pair.moving)):
+            records.append(dataclasses.replace(record, status="failed", exit_code=pair.error_code, error=pair.error))
+            continue
+        key = batch_key(options, output_options, pair.reference, pair.moving)
+        report = None if batch.overwrite else completed_report(outputs, pair.reference, pair.moving)
+        reason = why_redo(report.get("batch_key"), key) if report else None
+        if report and reason is None:
             record = PairRecord.from_report(record, report, status="skipped")
         else:
+            if reason:
+                log.info("%s: redone: %s", pair.name, reason)
             job_options = dataclasses.replace(options, device=next(devices))
-            jobs.append(PairJob(pair, outputs, job_options, output_options, record, threads))
+            jobs.append(PairJob(pair, outputs, job_options, output_options, record, threads, key))
             slots.append(len(records))
         records.append(record)
     return records, jobs, slots
