@@ -7,6 +7,7 @@ shifted by known amounts: the true mapping to the red band's grid is the identit
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import socket
@@ -21,7 +22,7 @@ import rasterio
 from affine import Affine
 from typer.testing import CliRunner
 
-from dmreg.batch.lock import LOCK_NAME, _process_start, stale_reason
+from dmreg.batch.lock import LOCK_NAME
 from dmreg.batch.pairing import find_rasters, pairs_by_footprint, pairs_from_manifest, pairs_with_reference
 from dmreg.errors import InputError, UsageError
 from dmreg_cli.main import app
@@ -287,10 +288,11 @@ def test_rerun_redoes_pairs_whose_options_or_inputs_changed(incoming: Path, tmp_
 def test_a_live_lock_refuses_a_second_run(incoming: Path, tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()
-    holder = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()),
-              "since": "2026-11-26T02:30:00+00:00"}
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": "2026-11-26T02:30:00+00:00"}
     (out / LOCK_NAME).write_text(json.dumps(holder))
-    code, text = batch(incoming, "--reference", L7, "--ref-band", 3, "--out", out)
+    with open(out / LOCK_NAME) as held:  # a running batch holds the OS lock on the file
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, text = batch(incoming, "--reference", L7, "--ref-band", 3, "--out", out)
     assert code == 7, text
     assert f"pid {os.getpid()}" in text
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME], "nothing written"
@@ -309,16 +311,41 @@ def test_a_stale_lock_from_a_dead_process_is_replaced(incoming: Path, tmp_path: 
     assert read_json(out / "summary.json")["counts"]["ok"] == 3
 
 
-def test_stale_reasons(tmp_path: Path):
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid())}
-    lock = tmp_path / LOCK_NAME
-    lock.write_text("{")
-    assert stale_reason(me, lock) is None
-    assert "reused" in stale_reason({**me, "process_start": -5}, lock)
-    assert stale_reason({**me, "host": "another-host"}, lock) is None, "another host's lock cannot be checked"
-    assert stale_reason(None, lock) is None, "a lock being written is not stale"
-    os.utime(lock, (1, 1))
-    assert "unreadable" in stale_reason(None, lock)
+RACE_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from dmreg.batch.lock import OutputLock
+from dmreg.errors import LockedError
+folder, marker = Path(sys.argv[1]), Path(sys.argv[1]) / "inside"
+taken = overlaps = 0
+for _ in range(1000):
+    try:
+        with OutputLock(folder):
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                overlaps += 1
+                continue
+            taken += 1
+            time.sleep(0.0005)
+            os.close(fd)
+            os.unlink(marker)
+    except LockedError:
+        pass
+print(taken, overlaps)
+"""
+
+
+def test_two_runs_racing_for_a_stale_lock_never_both_hold_it(tmp_path: Path):
+    """Two processes take and release the lock 1000 times each, starting from a stale lock
+    left by a dead run: never do both hold it at once, and both get it."""
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": 999_999_999}))
+    runs = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [tuple(map(int, run.communicate(timeout=120)[0].split())) for run in runs]
+    assert all(taken > 0 for taken, _ in results), results
+    assert sum(overlaps for _, overlaps in results) == 0, results
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 # --- executors ------------------------------------------------------------------------

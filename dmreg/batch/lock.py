@@ -1,14 +1,18 @@
-"""One `dmreg batch` run per output folder: a lock file created atomically, holding
-the owner's host, pid and process start time, so that a lock left by a killed run is
-recognised as stale instead of blocking every later cron run."""
+"""One `dmreg batch` run per output folder, held with an OS lock on a lock file.
+
+The operating system releases the lock when its process ends, however it ends, so a
+killed run never blocks the next one and two runs can never both take over a lock left
+behind (a check-then-replace on a file's content always has that race). The file's
+content, the holder's host, pid and start, only serves the messages.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import socket
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -18,9 +22,10 @@ from dmreg.errors import LockedError
 log = logging.getLogger("dmreg")
 
 LOCK_NAME = ".dmreg-batch.lock"
-UNREADABLE_GRACE_S = 60.0
-"""A lock file that cannot be parsed is a run caught between creating and writing it,
-unless it is older than this."""
+HOLDER_BYTES = 512
+"""The holder is written padded to this size in one write, so the file never holds a
+half-written or shorter-than-before record (JSON ignores the trailing spaces)."""
+TAKE_ATTEMPTS = 5
 
 
 class OutputLock:
@@ -28,90 +33,63 @@ class OutputLock:
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / LOCK_NAME
-        self._owner = _this_process()
+        self._fd: int | None = None
 
     def __enter__(self) -> OutputLock:
-        for _ in range(2):
-            if self._create():
+        for _ in range(TAKE_ATTEMPTS):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise LockedError(_held_message(self.path, _read(self.path))) from None
+            if _same_file(fd, self.path):  # not a file the previous holder unlinked as we opened it
+                self._fd = fd
+                self._write_holder(_read(self.path))
                 return self
-            holder = _read(self.path)
-            reason = stale_reason(holder, self.path)
-            if reason is None:
-                raise LockedError(_held_message(self.path, holder))
-            log.warning("removing a stale lock %s (%s)", self.path, reason)
-            self.path.unlink(missing_ok=True)
-        raise LockedError(f"{self.path}: another run took the lock at the same moment; try again")
+            os.close(fd)
+        raise LockedError(f"{self.path}: other runs keep taking and releasing the lock; try again")
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if _read(self.path) == self._owner:
-            self.path.unlink(missing_ok=True)
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still holding it: a waiter then sees another file
+        os.close(self._fd)
+        self._fd = None
 
-    def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(self._owner, f)
-            f.flush()
-            os.fsync(f.fileno())
-        return True
+    def _write_holder(self, previous: dict | None) -> None:
+        if previous:
+            log.warning("replacing a stale lock %s: pid %s on %s no longer holds it", self.path,
+                        previous.get("pid"), previous.get("host"))
+        record = json.dumps(_this_process()).ljust(HOLDER_BYTES).encode()
+        os.pwrite(self._fd, record, 0)
+        os.ftruncate(self._fd, len(record))
+        os.fsync(self._fd)
 
 
-def stale_reason(holder: dict | None, path: Path) -> str | None:
-    """Why the lock described by ``holder`` is stale, or None while its owner may run.
-    Only a process on this host can be checked; another host's lock is trusted."""
-    if holder is None:
-        age = time.time() - path.stat().st_mtime if path.exists() else UNREADABLE_GRACE_S
-        return f"unreadable and {age:.0f} s old" if age >= UNREADABLE_GRACE_S else None
-    if holder.get("host") != socket.gethostname():
-        return None
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or not _alive(pid):
-        return f"process {pid} is not running"
-    started = _process_start(pid)
-    if started is not None and holder.get("process_start") not in (None, started):
-        return f"process {pid} is another program now (the pid was reused)"
-    return None
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _this_process() -> dict:
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "process_start": _process_start(pid),
+    return {"host": socket.gethostname(), "pid": os.getpid(),
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def _read(path: Path) -> dict | None:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8") or "null")
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
-def _process_start(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux /proc), which tells a
-    reused pid from the original owner; None where /proc is not available."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _held_message(path: Path, holder: dict | None) -> str:
     if holder is None:
         return f"{path.parent} is locked by a run that is starting ({path}); try again in a minute"
     return (f"{path.parent} is being processed by another dmreg batch run (pid {holder.get('pid')} on "
-            f"{holder.get('host')}, since {holder.get('since')}); if no such run exists, delete {path}")
+            f"{holder.get('host')}, since {holder.get('since')})")
