@@ -57,6 +57,17 @@ class TileReader:
                         ref_modality=self.options.ref_modality, mov_modality=self.options.mov_modality)
 
 
+def default_max_offset(grid: Grid) -> float:
+    """The largest georeferencing error looked for unless the user says: a quarter of the
+    grid's longer side, in reference pixels."""
+    return 0.25 * max(grid.width, grid.height) * grid.scale
+
+
+def _threshold(options: RegisterOptions, grid: Grid) -> float:
+    """The RANSAC threshold at a reduced grid, never under one of its pixels."""
+    return max(options.ransac_threshold_px * grid.scale, 1.0)
+
+
 def coarse_alignment(reader: TileReader, matcher: Matcher, georef: GeorefMapping, grid: Grid,
                       max_offset: float, options: RegisterOptions,
                       turn: Transform = IDENTITY) -> tuple[Transform | None, dict]:
@@ -69,7 +80,7 @@ def coarse_alignment(reader: TileReader, matcher: Matcher, georef: GeorefMapping
         return None, info
     src, dst, confidence = found
     info["matches"] = len(src)
-    threshold = max(options.ransac_threshold_px * grid.scale, 1.0)
+    threshold = _threshold(options, grid)
     fits = fit_all(src, dst, threshold, kinds=COARSE_KINDS, weights=confidence, seed=options.seed,
                    search_radius=SEARCH_SPREAD * max_offset)
     fits = {k: f for k, f in fits.items() if f.meaningful}
@@ -107,8 +118,8 @@ def search_orientation(reader: TileReader, matcher: Matcher, georef: GeorefMappi
     the coarse matches are most meaningful, tried over the full circle on a small grid at
     the step the matcher tolerates (``rotation_step_deg``)."""
     grid = grid_over(overlap, ORIENTATION_SEARCH_SIZE, min_scale=work_scale)
-    max_offset = 0.25 * max(grid.width, grid.height) * grid.scale
-    threshold = max(options.ransac_threshold_px * grid.scale, 1.0)
+    max_offset = default_max_offset(grid)
+    threshold = _threshold(options, grid)
     step = float(getattr(matcher, "rotation_step_deg", DEFAULT_ROTATION_STEP_DEG))
     centre = overlap.centroid
     trials = [(angle, mirrored) for mirrored in ((False, True) if options.flip else (False,))

@@ -19,7 +19,8 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPoint, Polygon
 
-from dmreg.coarse import IDENTITY, SEARCH_SPREAD, TileReader, coarse_alignment, search_orientation
+from dmreg.coarse import (IDENTITY, SEARCH_SPREAD, TileReader, coarse_alignment, default_max_offset,
+                          search_orientation)
 from dmreg.errors import DmregError, FlaggedError, OutputExistsError, RegistrationError
 from dmreg.estimate.models import KINDS, Transform
 from dmreg.estimate.robust import ModelFit, fit_all, summarise_fit
@@ -70,7 +71,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         reader = TileReader(ref_ds, mov_ds, options, timings)
 
         coarse_grid = grid_over(overlap, options.coarse_size, min_scale=work_scale)
-        max_offset = options.max_offset_px or 0.25 * max(coarse_grid.width, coarse_grid.height) * coarse_grid.scale
+        max_offset = options.max_offset_px or default_max_offset(coarse_grid)
         t = time.perf_counter()
         search = options.rotation_search if options.rotation_search is not None else not ref.georeferenced
         turn, orientation = (search_orientation(reader, matcher, georef, overlap, work_scale, options) if search

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import TYPE_CHECKING
 
 
 from dmreg import __version__
 from dmreg.errors import DmregError
+from dmreg.estimate.uncertainty import finite_or_none
 from dmreg.geometry.mapping import CHECK_GRID_SIZE, apply_affine, check_points
 from dmreg.io.raster import RasterInfo
 from dmreg.output import pixel_matrix
@@ -64,9 +64,9 @@ def build_report(result: RegistrationResult, ref_path: str, mov_path: str, statu
             "tiles_matched": result.tiles_matched,
             "matches": len(result.matches),
             "inliers": sel.n_inliers,
-            "rmse_px": _round(sel.rmse_px),
-            "ce90_px": _round(sel.ce90_px),
-            "predicted_ce90_px": _round(result.uncertainty.ce90_px) if result.uncertainty else None,
+            "rmse_px": finite_or_none(sel.rmse_px),
+            "ce90_px": finite_or_none(sel.ce90_px),
+            "predicted_ce90_px": finite_or_none(result.uncertainty.ce90_px) if result.uncertainty else None,
         },
         "uncertainty": result.uncertainty.as_dict() if result.uncertainty else None,
         "models": models_section(result),
@@ -138,9 +138,3 @@ def _crs_string(info: RasterInfo) -> str | None:
         return None
     epsg = info.crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else info.crs.to_wkt()
-
-
-def _round(value: float | None, digits: int = 4) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return round(float(value), digits)

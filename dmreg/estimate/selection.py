@@ -27,7 +27,7 @@ from dmreg.estimate.blocks import MIN_BLOCKS, spatial_blocks
 from dmreg.estimate.local import fit_local
 from dmreg.estimate.models import KINDS, fit
 from dmreg.estimate.robust import ModelFit
-from dmreg.estimate.uncertainty import bootstrap_uncertainty
+from dmreg.estimate.uncertainty import bootstrap_uncertainty, finite_or_none
 from dmreg.geometry.mapping import PointTransform
 
 Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], PointTransform]
@@ -45,7 +45,7 @@ class CVScore:
     se_px: float
 
     def as_dict(self) -> dict:
-        return {"cv_rmse_px": _round(self.rmse_px), "cv_se_px": _round(self.se_px)}
+        return {"cv_rmse_px": finite_or_none(self.rmse_px), "cv_se_px": finite_or_none(self.se_px)}
 
 
 def cross_validate(fitters: dict[str, Fitter], src: np.ndarray, dst: np.ndarray, blocks: np.ndarray,
@@ -110,10 +110,6 @@ def _score(block_loss: np.ndarray) -> CVScore:
 
 def _standard_error(values: np.ndarray) -> float:
     return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.inf
-
-
-def _round(value: float) -> float | None:
-    return round(value, 4) if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ class Uncertainty:
 
     def as_dict(self) -> dict:
         return {"method": "block bootstrap", "replicates": self.replicates, "blocks": self.blocks,
-                "predicted_ce90_px": _round(self.ce90_px),
-                "check_grid_error_px": [_round(float(e)) for e in self.error_px]}
+                "predicted_ce90_px": finite_or_none(self.ce90_px),
+                "check_grid_error_px": [finite_or_none(e) for e in self.error_px]}
 
 
 def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarray, inliers: np.ndarray,
@@ -85,5 +85,8 @@ def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarra
     return Uncertainty(error, float(np.quantile(pooled, 0.9)), len(predictions), n_blocks)
 
 
-def _round(value: float) -> float | None:
-    return round(value, 4) if math.isfinite(value) else None
+def finite_or_none(value: float | None, digits: int = 4) -> float | None:
+    """A number for JSON reports: rounded, or None where it is unknown (JSON has no inf/NaN)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
