@@ -100,6 +100,28 @@ def upsample(src_path: Path, dst_path: Path, shift: tuple[float, float]) -> tupl
         return width, height
 
 
+def ensure_inputs(band: str = "B2", regenerate: bool = False) -> tuple[Path, Path, dict[str, Path]]:
+    """``DATA/ref.tif`` (B4) and ``DATA/mov.tif`` (``band``, geotransform shifted by SHIFT),
+    generated when missing, stale (``inputs.json`` differs) or ``regenerate``; also the
+    Landsat 8 source paths by band."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    sources = ensure_sources(["B4", band])
+    ref, mov = DATA / "ref.tif", DATA / "mov.tif"
+    stamp = DATA / "inputs.json"
+    wanted = {"ref": sources["B4"].name, "mov": sources[band].name, "factor": FACTOR, "shift": SHIFT}
+    current = json.loads(stamp.read_text()) if stamp.exists() else None
+    if regenerate or current != json.loads(json.dumps(wanted)) or not (ref.exists() and mov.exists()):
+        stamp.unlink(missing_ok=True)
+        t = time.perf_counter()
+        w, h = upsample(sources["B4"], ref, (0.0, 0.0))
+        upsample(sources[band], mov, SHIFT)
+        stamp.write_text(json.dumps(wanted))
+        gen_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        print(f"generated {ref.name} and {mov.name}: {w} x {h} px each, {time.perf_counter() - t:.1f} s, "
+              f"generator peak RSS {gen_rss:.0f} MB", flush=True)
+    return ref, mov, sources
+
+
 # --------------------------------------------------------------------------- running
 
 def run_child(cmd: list[str], log: Path, cap_mb: float) -> dict:
@@ -177,22 +199,8 @@ def main() -> int:
     args = ap.parse_args()
 
     dmreg = find_dmreg("bench_large")
-    DATA.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    sources = ensure_sources(["B4", args.band])
-    ref, mov = DATA / "ref.tif", DATA / "mov.tif"
-    stamp = DATA / "inputs.json"
-    wanted = {"ref": sources["B4"].name, "mov": sources[args.band].name, "factor": FACTOR, "shift": SHIFT}
-    current = json.loads(stamp.read_text()) if stamp.exists() else None
-    if args.regenerate or current != json.loads(json.dumps(wanted)) or not (ref.exists() and mov.exists()):
-        stamp.unlink(missing_ok=True)
-        t = time.perf_counter()
-        w, h = upsample(sources["B4"], ref, (0.0, 0.0))
-        upsample(sources[args.band], mov, SHIFT)
-        stamp.write_text(json.dumps(wanted))
-        gen_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        print(f"generated {ref.name} and {mov.name}: {w} x {h} px each, {time.perf_counter() - t:.1f} s, "
-              f"generator peak RSS {gen_rss:.0f} MB", flush=True)
+    ref, mov, sources = ensure_inputs(args.band, args.regenerate)
     with rasterio.open(ref) as r, rasterio.open(mov) as m:
         width, height, res = r.width, r.height, r.transform.a
         mov_w, mov_h = m.width, m.height

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .console import configure_logging, exit_codes, stderr
 from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, MatcherName, MaxError, MaxOffset,
-                      MaxTiles, MinInliers, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
+                      MaxTiles, TargetError, MinInliers, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
                       RefModality, ResamplingName, TileOverlap, TileSize, Verbose, Weights, output_options,
                       register_options)
 from .report import pairs_table
@@ -20,6 +20,7 @@ from dmreg.batch.pairing import Pair, find_rasters, pairs_by_footprint, pairs_fr
 from dmreg.batch.runner import BatchOptions, run_batch
 from dmreg.batch.summary import PairRecord
 from dmreg.errors import PAIRS_FAILED, UsageError
+from dmreg.options import RegisterOptions
 
 log = logging.getLogger("dmreg")
 
@@ -53,6 +54,7 @@ def batch_command(
     tile_size: TileSize = 512,
     tile_overlap: TileOverlap = 32,
     max_tiles: MaxTiles = 100,
+    target_error: TargetError = RegisterOptions.target_error_px,
     max_offset: MaxOffset = None,
     ransac_threshold: RansacThreshold = 1.5,
     min_inliers: MinInliers = 12,
@@ -83,7 +85,7 @@ def batch_command(
         options = register_options(
             matcher=matcher, weights=weights, device=device, model=model, ref_band=ref_band, mov_band=mov_band,
             ref_modality=ref_modality, mov_modality=mov_modality, tile_size=tile_size, tile_overlap=tile_overlap,
-            max_tiles=max_tiles, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
+            max_tiles=max_tiles, target_error=target_error, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
             max_error=max_error, rotation_search=rotation_search, flip=flip,
         )
         outputs = output_options(grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata,

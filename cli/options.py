@@ -35,6 +35,12 @@ MovModality = Annotated[str | None, typer.Option("--mov-modality", help=f"Hint: 
 TileSize = Annotated[int, typer.Option("--tile-size", help="Tile side in pixels.")]
 TileOverlap = Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in pixels.")]
 MaxTiles = Annotated[int, typer.Option("--max-tiles", help="Most tiles matched (evenly spread).")]
+TargetError = Annotated[float, typer.Option("--target-error", help=(
+    "Stop matching tiles once the model's predicted error (CE90, working pixels) is this small; 0 matches every "
+    "planned tile."))]
+Threads = Annotated[int | None, typer.Option("--threads", help=(
+    "Threads for matching, reading and writing (default: the DMREG_THREADS environment variable, else every "
+    "CPU this process may use)."))]
 MaxOffset = Annotated[float | None, typer.Option(
     "--max-offset", help="Largest georeferencing error expected, in reference pixels (default: a quarter of the "
     "overlap).")]
@@ -75,7 +81,7 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
                      ref_modality: str | None, mov_modality: str | None, tile_size: int, tile_overlap: int,
                      max_tiles: int, max_offset: float | None, ransac_threshold: float,
                      min_inliers: int, max_error: float | None = None, rotation_search: bool | None = None,
-                     flip: bool = False) -> RegisterOptions:
+                     flip: bool = False, target_error: float = RegisterOptions.target_error_px) -> RegisterOptions:
     """RegisterOptions from command-line values, with the checks the library leaves to the CLI."""
     for flag, value in (("--ref-modality", ref_modality), ("--mov-modality", mov_modality)):
         if value is not None and value not in MODALITIES:
@@ -85,7 +91,7 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
         tile_size=tile_size, tile_overlap=tile_overlap, max_tiles=max_tiles, max_offset_px=max_offset,
         ransac_threshold_px=ransac_threshold, min_inliers=min_inliers,
         ref_modality=ref_modality, mov_modality=mov_modality, max_error_px=max_error,
-        rotation_search=rotation_search, flip=flip,
+        rotation_search=rotation_search, flip=flip, target_error_px=target_error,
     )
 
 

@@ -13,11 +13,12 @@ from rich.table import Table
 
 from .console import configure_logging, exit_codes, stderr
 from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, MatcherName, MaxError, MaxOffset,
-                      MaxTiles, MinInliers, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
-                      RefModality, ResamplingName, TileOverlap, TileSize, Verbose, Weights, output_options,
-                      register_options)
+                      MaxTiles, MinInliers, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet,
+                      RansacThreshold, RefBand, RefModality, ResamplingName, TargetError, Threads, TileOverlap,
+                      TileSize, Verbose, Weights, output_options, register_options)
 from dmreg.errors import UsageError
-from dmreg.pipeline import RegistrationResult, register
+from dmreg.pipeline import RegisterOptions, RegistrationResult, register
+from dmreg.runtime import set_thread_count
 
 log = logging.getLogger("dmreg")
 
@@ -39,6 +40,7 @@ def register_command(
     tile_size: TileSize = 512,
     tile_overlap: TileOverlap = 32,
     max_tiles: MaxTiles = 100,
+    target_error: TargetError = RegisterOptions.target_error_px,
     max_offset: MaxOffset = None,
     ransac_threshold: RansacThreshold = 1.5,
     min_inliers: MinInliers = 12,
@@ -51,6 +53,7 @@ def register_command(
     dst_nodata: DstNodata = None,
     co: CreationOptions = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "--estimate-only", help="Estimate and report; write no raster.")] = False,
+    threads: Threads = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
@@ -71,8 +74,9 @@ def register_command(
             matcher=matcher, weights=weights, device=device, model=model, ref_band=ref_band, mov_band=mov_band,
             ref_modality=ref_modality, mov_modality=mov_modality, tile_size=tile_size, tile_overlap=tile_overlap,
             max_tiles=max_tiles, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
-            max_error=max_error, rotation_search=rotation_search, flip=flip,
+            max_error=max_error, rotation_search=rotation_search, flip=flip, target_error=target_error,
         )
+        set_thread_count(threads)
         outputs = output_options(
             grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata, co=co,
             overwrite=overwrite, raster=None if dry_run or output is None else str(output),
@@ -99,7 +103,8 @@ def summary_table(result: RegistrationResult, output: Path | None) -> Table:
     table.add_row("model", q.kind)
     table.add_row("RMSE / CE90", f"{q.rmse_px:.3f} px / {q.ce90_px:.3f} px")
     table.add_row("inliers / matches", f"{q.n_inliers} / {len(result.matches)}")
-    table.add_row("tiles matched", f"{result.tiles_matched} / {result.tiles}")
+    read = " + ".join(str(p["tiles_read"]) for p in result.passes)
+    table.add_row("tiles matched", f"{result.tiles_matched} / {result.tiles} (read per pass: {read})")
     gx, gy = result.georef.apply(np.array([result.mov.width / 2]), np.array([result.mov.height / 2]))
     cx, cy = result.correction.apply(gx, gy)
     table.add_row("correction at centre", f"dx {float(cx[0] - gx[0]):+.2f} px, dy {float(cy[0] - gy[0]):+.2f} px")

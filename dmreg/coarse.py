@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Executor
 
 import numpy as np
 from shapely.geometry import Polygon
@@ -34,17 +35,21 @@ the disk a random match falls in, for the a-contrario test."""
 
 
 class TileReader:
-    """Reads the reference and the moving raster onto one grid, screened and scaled."""
+    """Reads the reference and the moving raster onto one grid, screened and scaled.
 
-    def __init__(self, ref_ds, mov_ds, options: RegisterOptions, timings: dict[str, float]):
-        self.ref_ds, self.mov_ds, self.options, self.timings = ref_ds, mov_ds, options, timings
+    The two rasters are read at the same time, the reference in ``pool`` (GDAL's
+    decoding releases the GIL; each dataset is only ever read by one thread at a time)."""
+
+    def __init__(self, ref_ds, mov_ds, options: RegisterOptions, timings: dict[str, float], pool: Executor):
+        self.ref_ds, self.mov_ds, self.options, self.timings, self.pool = ref_ds, mov_ds, options, timings, pool
 
     def pair(self, grid: Grid, mov_coords, max_offset: float) -> TilePair | None:
         t = time.perf_counter()
-        ref_v, ref_ok = sample_onto_grid(self.ref_ds, [self.options.ref_band], grid.to_ref, grid.shape)
+        ref_read = self.pool.submit(sample_onto_grid, self.ref_ds, [self.options.ref_band], grid.to_ref, grid.shape)
         mov_v, mov_ok = sample_onto_grid(
             self.mov_ds, [self.options.mov_band], lambda u, v: mov_coords(*grid.to_ref(u, v)), grid.shape
         )
+        ref_v, ref_ok = ref_read.result()
         self.timings["read"] += time.perf_counter() - t
         ok = ref_ok & mov_ok
         if ok.mean() < self.options.min_valid_fraction:

@@ -34,6 +34,8 @@ class RegisterOptions:
     tile_size: int = 512              # tile side in working pixels
     tile_overlap: int = 32
     max_tiles: int = 100
+    target_error_px: float = 0.05     # a pass stops matching tiles once the predicted CE90 is this small
+                                      # (working px); 0 matches every planned tile
     coarse_size: int = 1024           # longest side of the coarse level in pixels
     max_offset_px: float | None = None  # largest georeferencing error expected (reference px)
     ransac_threshold_px: float = 1.5  # inlier threshold in working pixels
@@ -61,6 +63,8 @@ class RegisterOptions:
             raise UsageError("--max-tiles must be at least 1")
         if self.ransac_threshold_px <= 0:
             raise UsageError("--ransac-threshold must be positive")
+        if not self.target_error_px >= 0:
+            raise UsageError("--target-error must be zero or positive")
         if self.max_error_px is not None and not self.max_error_px > 0:
             raise UsageError("--max-error must be positive")
         if self.flip and self.rotation_search is False:

@@ -13,7 +13,7 @@ from rasterio.enums import Resampling
 
 from dmreg.io.raster import open_raster
 from dmreg.geometry.mapping import apply_affine
-from dmreg.io.writing import write_copy, write_resampled
+from dmreg.io.writing import gdal_can_warp, write_copy, write_resampled, write_warped
 
 if TYPE_CHECKING:
     from dmreg.result import RegistrationResult
@@ -44,7 +44,13 @@ def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "
                        creation_options=co, overwrite=overwrite)
             return
         fill = nodata if nodata is not None else mov.nodata
-        if grid == "reference":
+        warp_transform = _gdal_warp_transform(result, grid) if gdal_can_warp(src) else None
+        if warp_transform is not None:
+            target = ref if grid == "reference" else mov
+            write_warped(src, path, dst_crs=target.crs, dst_transform=target.transform,
+                         warp_transform=warp_transform, dst_size=(target.width, target.height),
+                         resampling=resampling, nodata=fill, creation_options=co, overwrite=overwrite)
+        elif grid == "reference":
             write_resampled(src, path, dst_crs=ref.crs, dst_transform=ref.transform,
                             dst_size=(ref.width, ref.height), dst_coords=mapping.inverse,
                             resampling=resampling, nodata=fill, creation_options=co, overwrite=overwrite)
@@ -55,6 +61,25 @@ def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "
             write_resampled(src, path, dst_crs=mov.crs, dst_transform=mov.transform,
                             dst_size=(mov.width, mov.height), dst_coords=coords,
                             resampling=resampling, nodata=fill, creation_options=co, overwrite=overwrite)
+
+
+def _gdal_warp_transform(result: RegistrationResult, grid: str) -> Affine | None:
+    """The output grid's transform as GDAL's warper must see it to apply the correction
+    (see :func:`dmreg.io.writing.write_warped`), or None where the whole mapping is not
+    affine: a non-affine correction, a change of CRS (GDAL approximates the reprojection
+    to about 0.1 px; dmreg's resampler is exact) or a pair without georeferencing.
+
+    With georef = G and correction = C, output pixel p on the reference grid must show
+    moving pixel G⁻¹ C⁻¹ p, hence ``ref.transform * C⁻¹``; pixel q on the moving grid
+    shows G⁻¹ C⁻¹ G q, hence ``ref.transform * C⁻¹ * G``.
+    """
+    correction, georef = result.correction, result.georef.affine
+    if (correction.kind not in AFFINE_KINDS or correction.matrix is None or georef is None
+            or not result.ref.georeferenced):
+        return None
+    m = np.linalg.inv(correction.matrix)
+    inverse = Affine(*m[0], *m[1])
+    return result.ref.transform @ inverse @ (Affine.identity() if grid == "reference" else georef)
 
 
 def corrected_georeferencing(result: RegistrationResult) -> tuple[Affine | None, list[GroundControlPoint] | None]:

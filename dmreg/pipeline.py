@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import shapely
@@ -28,7 +29,7 @@ from dmreg.estimate.selection import CVScore, choose_model
 from dmreg.estimate.uncertainty import bootstrap_uncertainty
 from dmreg.geometry.footprint import overlap_in_reference
 from dmreg.geometry.mapping import CHECK_GRID_SIZE, CorrectedMapping, GeorefMapping, check_points
-from dmreg.geometry.tiling import Grid, grid_over, plan_tiles
+from dmreg.geometry.tiling import Grid, grid_over, plan_tiles, spread_order
 from dmreg.io.raster import RasterInfo, check_readable, describe, gdal_env, open_raster
 from dmreg.io.writing import check_output, write_text
 from dmreg.matchers import Matcher, TilePair, get_matcher
@@ -36,6 +37,7 @@ from dmreg.options import MODEL_CHOICES, OutputOptions, RegisterOptions
 from dmreg.output import write_aligned
 from dmreg.report import build_failure_report, build_report, tie_points_geojson, to_json
 from dmreg.result import Correspondences, RegistrationResult
+from dmreg.runtime import serial_blas
 
 __all__ = ["MODEL_CHOICES", "Correspondences", "OutputOptions", "ProgressFn", "RegisterOptions",
            "RegistrationResult", "estimate", "register"]
@@ -43,13 +45,18 @@ __all__ = ["MODEL_CHOICES", "Correspondences", "OutputOptions", "ProgressFn", "R
 log = logging.getLogger("dmreg")
 
 ProgressFn = Callable[[int, int], None]
-"""Called as progress(done, total) after each batch of tiles."""
+"""Called as progress(done, total) after each tile."""
+
+REFINE_TOLERANCE_PX = 0.05
+"""Working pixels: a pass whose model moved no further than this from the one its tiles
+were read through needs no refinement pass (the sub-pixel peaks were already measured
+near zero offset)."""
 
 
 def estimate(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOptions(),
              matcher: Matcher | None = None, progress: ProgressFn | None = None) -> RegistrationResult:
     """Estimate the mapping from the moving raster to the reference; writes nothing."""
-    with gdal_env():
+    with gdal_env(), serial_blas():
         return _estimate(ref_path, mov_path, options, matcher, progress)
 
 
@@ -59,7 +66,8 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
     timings = {"read": 0.0, "match": 0.0, "fit": 0.0}
     matcher = matcher or get_matcher(options.matcher, options.weights, options.device)
     warnings: list[str] = []
-    with open_raster(ref_path, options.ref_band) as ref_ds, open_raster(mov_path, options.mov_band) as mov_ds:
+    with open_raster(ref_path, options.ref_band) as ref_ds, open_raster(mov_path, options.mov_band) as mov_ds, \
+            ThreadPoolExecutor(1, thread_name_prefix="dmreg-read") as read_pool:
         check_readable(ref_ds, options.ref_band)
         check_readable(mov_ds, options.mov_band)
         ref, mov = describe(ref_ds), describe(mov_ds)
@@ -68,7 +76,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
             warnings.append("neither raster is georeferenced: registering in pixel space")
         overlap = overlap_in_reference(georef, (mov.width, mov.height), (ref.width, ref.height))
         work_scale = _working_scale(georef, mov)
-        reader = TileReader(ref_ds, mov_ds, options, timings)
+        reader = TileReader(ref_ds, mov_ds, options, timings, read_pool)
 
         coarse_grid = grid_over(overlap, options.coarse_size, min_scale=work_scale)
         max_offset = options.max_offset_px or default_max_offset(coarse_grid)
@@ -79,7 +87,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         initial, coarse = coarse_alignment(reader, matcher, georef, coarse_grid, max_offset, options, turn)
         if orientation:
             coarse["orientation"] = orientation
-        timings["coarse"] = time.perf_counter() - t
+        timings["coarse"] = time.perf_counter() - t - timings["read"]  # its reads are counted as reads
         if initial is None:
             warnings.append(f"coarse alignment failed ({coarse['reason']}); using the georeferencing as is"
                             + (" and the orientation search's answer" if orientation else ""))
@@ -89,23 +97,34 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
             residual = 3.0 * coarse["rmse_px"] + 2.0 * coarse_grid.scale
 
         tiles = plan_tiles(overlap, work_scale, options.tile_size, options.tile_overlap, options.max_tiles)
+        order = spread_order(tiles)
         fine_offset = max(4.0, residual / work_scale)
         threshold = options.ransac_threshold_px * work_scale
         coarse_model = initial if "model" in coarse else None
         allowed_departure = SEARCH_SPREAD * fine_offset * work_scale + threshold
+        at = np.column_stack(georef.apply(*check_points(mov.width, mov.height)))
+        passes: list[dict] = []
         for refinement in range(1 + options.refinements):
-            matches, n_matched = _match_tiles(reader, matcher, georef, initial, tiles, fine_offset,
-                                              progress, timings)
-            log.info("pass %d: %d matches in %d of %d tiles", refinement + 1, len(matches), n_matched, len(tiles))
+            radius = SEARCH_SPREAD * fine_offset * work_scale
+            budget = _Budget(overlap, threshold, radius, options, at, options.target_error_px * work_scale, timings)
+            matches, n_matched = _match_tiles(reader, matcher, georef, initial, tiles, order, fine_offset,
+                                              progress, timings, budget)
+            log.info("pass %d: %d matches in %d of %d tiles read (%d planned)%s", refinement + 1, len(matches),
+                     n_matched, budget.tiles_read, len(tiles),
+                     f"; stopped at predicted CE90 {budget.ce90_px:.3f} px" if budget.stopped else "")
             t = time.perf_counter()
-            fits, selected, scores = _fit(matches, overlap, threshold, SEARCH_SPREAD * fine_offset * work_scale,
-                                          options)
+            fits, selected, scores = _fit(matches, overlap, threshold, radius, options)
             timings["fit"] += time.perf_counter() - t
+            moved = _largest_distance(initial, selected.transform, overlap)
+            passes.append({"tiles_read": budget.tiles_read, "tiles_matched": n_matched, "matches": len(matches),
+                           "stopped_early": budget.stopped, "model": selected.kind, "moved_px": round(moved, 4)})
             initial, fine_offset = selected.transform, 4.0
+            if moved <= REFINE_TOLERANCE_PX * work_scale and refinement < options.refinements:
+                log.info("pass %d moved the model by %.3f px at most: no further pass needed", refinement + 1, moved)
+                break
         if coarse_model is not None:
             coarse["fine_departure_px"] = _check_agreement(coarse_model, selected, overlap, allowed_departure)
         t = time.perf_counter()
-        at = np.column_stack(georef.apply(*check_points(mov.width, mov.height)))
         uncertainty = bootstrap_uncertainty(selected.transform, matches.pred_px, matches.ref_px, selected.inliers,
                                             matches.tile, at, seed=options.seed)
         timings["uncertainty"] = time.perf_counter() - t
@@ -113,7 +132,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
     return RegistrationResult(
         ref=ref, mov=mov, georef=georef, correction=selected.transform, selected=selected, fits=fits,
         scores=scores, matches=matches, matcher=matcher.describe(), tiles=len(tiles), tiles_matched=n_matched,
-        coarse=coarse, uncertainty=uncertainty, timings_s=timings, warnings=warnings,
+        coarse=coarse, passes=passes, uncertainty=uncertainty, timings_s=timings, warnings=warnings,
     )
 
 
@@ -126,9 +145,52 @@ def _working_scale(georef: GeorefMapping, mov: RasterInfo) -> float:
     return mov_px_in_ref if mov_px_in_ref > 1.5 else 1.0
 
 
+class _Budget:
+    """When a pass has matched enough tiles: once the model fitted to its matches so far
+    (global models only, for speed) has a predicted CE90 at the check grid no larger than
+    the target. Checked after 8 tiles, then each time 1.5 x as many have been read, so
+    the checks cost a bounded share of the pass; a hard pair never gets there and is
+    matched over every planned tile."""
+
+    FIRST_CHECK = 8
+    GROWTH = 1.5
+
+    def __init__(self, overlap: Polygon, threshold: float, search_radius: float, options: RegisterOptions,
+                 at: np.ndarray, target_px: float, timings: dict[str, float]):
+        self.overlap, self.threshold, self.search_radius = overlap, threshold, search_radius
+        self.options, self.at, self.target_px, self.timings = options, at, target_px, timings
+        self.next_check = self.FIRST_CHECK
+        self.tiles_read = 0
+        self.stopped = False
+        self.ce90_px = math.inf
+
+    def enough(self, matches: Correspondences) -> bool:
+        if self.target_px <= 0 or self.tiles_read < self.next_check:
+            return False
+        self.next_check = math.ceil(self.tiles_read * self.GROWTH)
+        t = time.perf_counter()
+        try:
+            _, selected, _ = _fit(matches, self.overlap, self.threshold, self.search_radius, self.options,
+                                  allow_local=False)
+        except RegistrationError:
+            return False
+        finally:
+            self.timings["fit"] += time.perf_counter() - t
+        t = time.perf_counter()
+        self.ce90_px = bootstrap_uncertainty(selected.transform, matches.pred_px, matches.ref_px, selected.inliers,
+                                             matches.tile, self.at, seed=self.options.seed).ce90_px
+        self.timings["uncertainty"] = self.timings.get("uncertainty", 0.0) + time.perf_counter() - t
+        log.debug("%d tiles read: %s model, predicted CE90 %.4f px (target %.4f)", self.tiles_read, selected.kind,
+                  self.ce90_px, self.target_px)
+        self.stopped = self.ce90_px <= self.target_px
+        return self.stopped
+
+
 def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, initial: Transform,
-                 tiles: list[Grid], max_offset: float, progress: ProgressFn | None,
-                 timings: dict[str, float]) -> tuple[Correspondences, int]:
+                 tiles: list[Grid], order: list[int], max_offset: float, progress: ProgressFn | None,
+                 timings: dict[str, float], budget: _Budget) -> tuple[Correspondences, int]:
+    """Match tiles in ``order`` until every one is matched or the budget says the
+    matches so far pin the model down."""
     mapping = CorrectedMapping(georef, initial)
     parts: list[Correspondences] = []
     n_matched = 0
@@ -152,24 +214,36 @@ def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, in
                                          np.full(len(found), index)))
         batch.clear()
 
-    for index, grid in enumerate(tiles):
-        pair = reader.pair(grid, mapping.inverse, max_offset)
+    for done, index in enumerate(order, start=1):
+        pair = reader.pair(tiles[index], mapping.inverse, max_offset)
+        budget.tiles_read = done
         if pair is not None:
             batch.append((index, pair))
-        if len(batch) >= reader.options.batch_size:
+        if len(batch) >= reader.options.batch_size or (batch and done >= budget.next_check):
             flush()
+            if parts and budget.enough(Correspondences.concatenate(parts)):
+                break
         if progress:
-            progress(index + 1, len(tiles))
+            progress(done, len(tiles))
     if batch:
         flush()
+    if progress:
+        progress(len(tiles), len(tiles))
     if not parts:
         return Correspondences.empty(), 0
-    return Correspondences(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                             ("mov_px", "pred_px", "ref_px", "confidence", "tile"))), n_matched
+    return Correspondences.concatenate(parts), n_matched
+
+
+def _largest_distance(a: Transform, b: Transform, area: Polygon) -> float:
+    """How far apart two models put points of ``area``, at most."""
+    pts = _points_inside(area)
+    ax, ay = a.apply(pts[:, 0], pts[:, 1])
+    bx, by = b.apply(pts[:, 0], pts[:, 1])
+    return float(np.max(np.hypot(bx - ax, by - ay)))
 
 
 def _fit(matches: Correspondences, overlap: Polygon, threshold: float, search_radius: float,
-         options: RegisterOptions) -> tuple[dict[str, ModelFit], ModelFit, dict[str, CVScore]]:
+         options: RegisterOptions, allow_local: bool = True) -> tuple[dict[str, ModelFit], ModelFit, dict[str, CVScore]]:
     """Robust fits, kept only when meaningful a contrario, then the model chosen by
     blocked cross-validation (or the one asked for). The local field competes in every
     pass: the next pass then reads its tiles through it, so sub-pixel peaks are measured
@@ -189,7 +263,8 @@ def _fit(matches: Correspondences, overlap: Polygon, threshold: float, search_ra
     if not meaningful:
         raise RegistrationError(_no_meaningful_model(fits, len(matches), options.model))
     choice = choose_model(meaningful, src, dst, matches.tile, 2 * threshold, _points_inside(overlap),
-                          seed=options.seed, local={"auto": "candidate", "local": "always"}.get(options.model, "no"))
+                          seed=options.seed,
+                          local={"auto": "candidate", "local": "always"}.get(options.model, "no") if allow_local else "no")
     chosen = (summarise_fit(choice.local, src, dst, threshold) if choice.kind == "local"
               else meaningful[choice.kind])
     if chosen.n_inliers < options.min_inliers:
@@ -215,10 +290,7 @@ def _check_agreement(coarse_model: Transform, selected: ModelFit, overlap: Polyg
     The fine stage only looked for matches near the coarse model's prediction, so a fine
     model that strays further than that search reached, anywhere in the output area, is
     extrapolating beyond its evidence: a failure, not a result."""
-    pts = _points_inside(overlap)
-    cx, cy = coarse_model.apply(pts[:, 0], pts[:, 1])
-    fx, fy = selected.transform.apply(pts[:, 0], pts[:, 1])
-    departure = float(np.max(np.hypot(fx - cx, fy - cy)))
+    departure = _largest_distance(coarse_model, selected.transform, overlap)
     if not departure <= allowed_px:
         raise RegistrationError(
             f"the {selected.kind} model departs from the coarse alignment by {departure:.1f} px inside the overlap, "

@@ -71,6 +71,7 @@ def build_report(result: RegistrationResult, ref_path: str, mov_path: str, statu
         "uncertainty": result.uncertainty.as_dict() if result.uncertainty else None,
         "models": models_section(result),
         "coarse": result.coarse,
+        "passes": result.passes,
         "warnings": result.warnings,
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
     }

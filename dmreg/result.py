@@ -30,6 +30,11 @@ class Correspondences:
         z = np.zeros((0, 2))
         return cls(z, z, z, np.zeros(0), np.zeros(0, int))
 
+    @classmethod
+    def concatenate(cls, parts: list[Correspondences]) -> Correspondences:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("mov_px", "pred_px", "ref_px", "confidence", "tile")))
+
     def __len__(self) -> int:
         return len(self.confidence)
 
@@ -48,6 +53,7 @@ class RegistrationResult:
     tiles: int
     tiles_matched: int
     coarse: dict
+    passes: list[dict] = field(default_factory=list)  # per fine pass: tiles read and matched, early stop
     uncertainty: Uncertainty | None = None  # at the report's check grid
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)

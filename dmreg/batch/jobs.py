@@ -18,6 +18,7 @@ from dmreg.errors import DmregError, FlaggedError
 from dmreg.matchers import Matcher, get_matcher
 from dmreg.pipeline import OutputOptions, RegisterOptions, RegistrationResult, register
 from dmreg.qa import write_qa_picture
+from dmreg.runtime import set_thread_count
 
 log = logging.getLogger("dmreg")
 
@@ -92,6 +93,7 @@ def _limit_threads(threads: int, matcher: str) -> None:
     each start one thread per core only fight over them."""
     if threads <= 0:
         return
+    set_thread_count(threads)
     cv2.setNumThreads(threads)
     if matcher == "distillmatch":
         import torch  # only the learned matcher needs it

@@ -69,3 +69,22 @@ def plan_tiles(area: Polygon, scale: float, tile_size: int, overlap: int, max_ti
         keep = np.unique(np.round(np.linspace(0, len(tiles) - 1, max_tiles)).astype(int))
         tiles = [tiles[i] for i in keep]
     return tiles
+
+
+def spread_order(tiles: list[Grid]) -> list[int]:
+    """Tile indices ordered so that every prefix spreads over the area: the tile nearest
+    the centre first, then always the tile farthest from those already taken. Matching
+    can then stop after any prefix and still constrain the whole mapping."""
+    if not tiles:
+        return []
+    centres = np.array([(t.x0 + t.width * t.scale / 2, t.y0 + t.height * t.scale / 2) for t in tiles])
+    first = int(np.argmin(np.hypot(*(centres - centres.mean(axis=0)).T)))
+    order = [first]
+    distance = np.hypot(*(centres - centres[first]).T)
+    distance[first] = -np.inf
+    for _ in range(len(tiles) - 1):
+        pick = int(np.argmax(distance))
+        order.append(pick)
+        distance = np.minimum(distance, np.hypot(*(centres - centres[pick]).T))
+        distance[order] = -np.inf
+    return order

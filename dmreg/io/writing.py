@@ -14,12 +14,14 @@ import rasterio
 from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from dmreg.errors import OutputExistsError, UsageError
 from dmreg.io.sampling import CoordFn, sample_onto_grid
+from dmreg.runtime import thread_count
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
@@ -29,6 +31,8 @@ DEFAULT_CREATION_OPTIONS = {
     "tiled": "YES", "blockxsize": str(BLOCK), "blockysize": str(BLOCK),
     "compress": "DEFLATE", "bigtiff": "IF_SAFER",
 }
+WARP_MEMORY_MB = 256
+"""GDAL's warper works in chunks of at most this much memory, which bounds the write's peak."""
 
 
 def check_output(path: str | Path | None, overwrite: bool, inputs: tuple[str | Path, ...] = ()) -> None:
@@ -72,7 +76,7 @@ def write_text(path: str | Path, text: str, overwrite: bool) -> None:
 def creation_profile(dtype: str, overrides: dict[str, str]) -> dict[str, str]:
     """Tiled, DEFLATE-compressed GeoTIFF options with a predictor suited to ``dtype``,
     then the user's ``--co`` on top."""
-    profile = dict(DEFAULT_CREATION_OPTIONS)
+    profile = dict(DEFAULT_CREATION_OPTIONS, num_threads=str(thread_count()))
     kind = np.dtype(dtype).kind
     profile["predictor"] = "3" if kind == "f" else "2" if kind in "iu" else "1"
     profile.update({k.lower(): v for k, v in overrides.items()})
@@ -109,6 +113,39 @@ def write_resampled(src: rasterio.io.DatasetReader, dst_path: str | Path, *, dst
                 )
                 values[:, ~valid] = fill
                 dst.write(_cast(values, dtype), window=win)
+        _copy_band_metadata(src, dst)
+
+
+def gdal_can_warp(src: rasterio.io.DatasetReader) -> bool:
+    """Whether GDAL's warper reads ``src`` as dmreg's own resampler would: real-valued
+    bands whose validity is all-valid or a nodata value (complex SAR is written as
+    amplitude, and explicit masks or alpha bands are honoured only by dmreg's reader)."""
+    if np.dtype(src.dtypes[0]).kind == "c":
+        return False
+    return all(flags == [MaskFlags.all_valid] or MaskFlags.nodata in flags for flags in src.mask_flag_enums)
+
+
+def write_warped(src: rasterio.io.DatasetReader, dst_path: str | Path, *, dst_crs: CRS, dst_transform: Affine,
+                 warp_transform: Affine, dst_size: tuple[int, int], resampling: Resampling,
+                 nodata: float | None, creation_options: dict[str, str], overwrite: bool) -> None:
+    """Resample every band of ``src`` with GDAL's warper, chunked and multi-threaded.
+
+    GDAL sees the output grid as ``warp_transform``, so output pixel p takes the source
+    pixels at ``~src.transform * reprojection(warp_transform * p)``; the file is then
+    labelled ``dst_transform``. With ``warp_transform = dst_transform * ~C`` this applies
+    an affine correction C exactly when source and output share a CRS.
+    """
+    dtype = src.dtypes[0]
+    fill = _fill_value(nodata, dtype)
+    width, height = dst_size
+    bands = list(range(1, src.count + 1))
+    profile = dict(driver="GTiff", width=width, height=height, count=src.count, dtype=dtype,
+                   crs=dst_crs, transform=warp_transform, nodata=fill, **creation_profile(dtype, creation_options))
+    with atomic_path(dst_path, overwrite) as tmp, _quiet(), rasterio.open(tmp, "w", **profile) as dst:
+        reproject(rasterio.band(src, bands), rasterio.band(dst, bands), src_nodata=src.nodata, dst_nodata=fill,
+                  resampling=resampling, num_threads=thread_count(), warp_mem_limit=WARP_MEMORY_MB,
+                  init_dest_nodata=True)
+        dst.transform = dst_transform
         _copy_band_metadata(src, dst)
 
 

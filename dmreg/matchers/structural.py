@@ -5,11 +5,17 @@ zero-mean normalised cross-correlation over all descriptor channels is computed 
 offset within the search radius; the peak is refined to sub-pixel by parabola fits, and
 its height and margin over the best competing peak give the match confidence. Offsets
 larger than the radius are first removed by phase correlation of the whole tile.
+
+Only the correlation itself is done template by template (cv2.matchTemplate, one call
+each); the window statistics come from box filters over the whole tile and the peaks are
+found for all templates at once. Tiles of a batch are matched in a thread pool: OpenCV and
+numpy release the GIL in their heavy calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -17,6 +23,7 @@ import numpy as np
 
 from dmreg.matchers.base import TileMatches, TilePair
 from dmreg.matchers.structure import parabola_offset, gradient_energy, oriented_gradients, phase_correlate
+from dmreg.runtime import thread_count
 
 
 @dataclass
@@ -36,7 +43,11 @@ class StructuralMatcher:
         return {"name": self.name, "weights_sha256": None, "device": "cpu"}
 
     def match(self, pairs: Sequence[TilePair]) -> list[TileMatches]:
-        return [self._match_pair(p) for p in pairs]
+        workers = min(thread_count(), len(pairs))
+        if workers <= 1:
+            return [self._match_pair(p) for p in pairs]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="structural") as pool:
+            return list(pool.map(self._match_pair, pairs))
 
     def _match_pair(self, pair: TilePair) -> TileMatches:
         ref_d = oriented_gradients(pair.ref, pair.ref_valid)
@@ -57,80 +68,110 @@ class StructuralMatcher:
         # small tiles get smaller templates on a denser grid, so they still yield matches
         h = min(self.template_radius, max(6, min(rows, cols) // 6))
         step = min(self.step, max(6, min(rows, cols) // 8))
+        xs, ys = self._template_centres(pair, ref_d.shape, h, step, shift, radius)
+        # top-left corner of each template's search area in ref
+        x0, y0 = xs + shift[0] - h - radius, ys + shift[1] - h - radius
+        surfaces, t_energy = _correlations(ref_d, mov_d, xs, ys, x0, y0, h, radius)
+        textured = t_energy >= 1e-6  # the others have no surface
+        if not textured.any():
+            return TileMatches()
+        xs, ys, x0, y0, surfaces, t_energy = (a[textured] for a in (xs, ys, x0, y0, surfaces, t_energy))
+        n_off = 2 * radius + 1
+        w_energy = _window_energy(ref_d, 2 * h + 1)
+        w_energy = np.lib.stride_tricks.sliding_window_view(w_energy, (n_off, n_off))[y0 + h, x0 + h]
+        zncc = surfaces / np.sqrt(t_energy.astype(np.float32)[:, None, None] * np.maximum(w_energy, 1e-9))
+        px, py, score, margin = _peaks(zncc)
+        good = (score >= self.min_score) & (margin >= self.min_margin)  # False where no peak (NaN)
+        if not good.any():
+            return TileMatches()
+        mov_xy = np.stack([xs[good] + 0.5, ys[good] + 0.5], axis=1)
+        ref_xy = np.stack([x0[good] + px[good] + h + 0.5, y0[good] + py[good] + h + 0.5], axis=1)
+        conf = np.minimum(1.0, score[good] * margin[good] / 0.2)
+        return TileMatches(ref_xy, mov_xy, conf)
+
+    def _template_centres(self, pair: TilePair, ref_shape: tuple[int, ...], h: int, step: int,
+                          shift: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """Centres (x, y) in mov of the grid templates worth matching: search area inside
+        ref, template and search area valid, template textured. Row by row."""
+        rows, cols = pair.mov.shape
         size = 2 * h + 1
-        n = float(size * size)
+        ys, xs = (g.ravel() for g in np.meshgrid(np.arange(h, rows - h, step), np.arange(h, cols - h, step),
+                                                   indexing="ij"))
+        cx, cy = xs + shift[0], ys + shift[1]  # expected centre in ref
+        reach = h + radius
+        inside = (cx >= reach) & (cy >= reach) & (cx + reach < ref_shape[1]) & (cy + reach < ref_shape[0])
+        xs, ys, cx, cy = xs[inside], ys[inside], cx[inside], cy[inside]
         texture = cv2.boxFilter(gradient_energy(pair.mov), -1, (size, size), normalize=True)
         mov_ok = cv2.boxFilter(pair.mov_valid.astype(np.float32), -1, (size, size), normalize=True)
         ref_ok = cv2.boxFilter(pair.ref_valid.astype(np.float32), -1, (size + 2 * radius,) * 2, normalize=True)
-        sum1, sum2 = _integrals(ref_d)
-
-        ref_pts, mov_pts, conf = [], [], []
-        for y in range(h, rows - h, step):
-            for x in range(h, cols - h, step):
-                cx, cy = x + shift[0], y + shift[1]  # expected centre in ref
-                x0, y0 = cx - h - radius, cy - h - radius
-                x1, y1 = cx + h + radius + 1, cy + h + radius + 1
-                if x0 < 0 or y0 < 0 or x1 > ref_d.shape[1] or y1 > ref_d.shape[0]:
-                    continue
-                if mov_ok[y, x] < 0.95 or ref_ok[cy, cx] < 0.9 or texture[y, x] < self.min_texture:
-                    continue
-                tpl = mov_d[y - h:y + h + 1, x - h:x + h + 1]
-                tpl = tpl - tpl.mean(axis=(0, 1))
-                t_energy = float((tpl * tpl).sum())
-                if t_energy < 1e-6:
-                    continue
-                num = cv2.matchTemplate(ref_d[y0:y1, x0:x1], tpl, cv2.TM_CCORR)
-                w_energy = _window_energy(sum1, sum2, x0, y0, 2 * radius + 1, size, n)
-                zncc = num / np.sqrt(t_energy * np.maximum(w_energy, 1e-9))
-                found = _peak(zncc)
-                if found is None:
-                    continue
-                px, py, score, margin = found
-                if score < self.min_score or margin < self.min_margin:
-                    continue
-                mov_pts.append((x + 0.5, y + 0.5))
-                ref_pts.append((x0 + px + h + 0.5, y0 + py + h + 0.5))
-                conf.append(min(1.0, score * margin / 0.2))
-        if not conf:
-            return TileMatches()
-        return TileMatches(np.array(ref_pts), np.array(mov_pts), np.array(conf))
+        usable = (mov_ok[ys, xs] >= 0.95) & (ref_ok[cy, cx] >= 0.9) & (texture[ys, xs] >= self.min_texture)
+        return xs[usable], ys[usable]
 
 
-def _integrals(desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Summed-area tables of each channel and of the squared norm (float64, padded)."""
-    s1 = np.zeros((desc.shape[0] + 1, desc.shape[1] + 1, desc.shape[2]))
-    s1[1:, 1:] = desc.cumsum(0, dtype=np.float64).cumsum(1)
-    s2 = np.zeros((desc.shape[0] + 1, desc.shape[1] + 1))
-    s2[1:, 1:] = (desc * desc).sum(-1).cumsum(0, dtype=np.float64).cumsum(1)
-    return s1, s2
+def _correlations(ref_d: np.ndarray, mov_d: np.ndarray, xs: np.ndarray, ys: np.ndarray, x0: np.ndarray,
+                  y0: np.ndarray, h: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-correlation surfaces (N, 2r+1, 2r+1) of each zero-mean template, centred on
+    (xs, ys) in mov, over its search area from (x0, y0) in ref; and each template's energy.
+    A template without energy (below 1e-6) is not correlated: its surface is left undefined.
+
+    A template is handled as a 2-D block (rows, columns x channels) of the descriptor:
+    numpy subtracts its channel means from that far faster than from a 3-D view.
+    """
+    channels = mov_d.shape[2]
+    size, span = 2 * h + 1, 2 * (h + radius) + 1
+    blocks = mov_d.reshape(mov_d.shape[0], -1)
+    surfaces = np.empty((len(xs), 2 * radius + 1, 2 * radius + 1), np.float32)
+    energy = np.empty(len(xs))
+    for k, (x, y, xa, ya) in enumerate(zip(xs, ys, x0, y0)):
+        block = blocks[y - h:y + h + 1, (x - h) * channels:(x + h + 1) * channels]
+        means = cv2.reduce(block, 0, cv2.REDUCE_AVG, dtype=cv2.CV_64F).reshape(size, channels).mean(axis=0)
+        tpl = (block - np.tile(means.astype(np.float32), size)).reshape(size, size, channels)
+        energy[k] = cv2.norm(tpl, cv2.NORM_L2SQR)
+        if energy[k] >= 1e-6:
+            surfaces[k] = cv2.matchTemplate(ref_d[ya:ya + span, xa:xa + span], tpl, cv2.TM_CCORR)
+    return surfaces, energy
 
 
-def _window_energy(s1: np.ndarray, s2: np.ndarray, x0: int, y0: int, n_off: int, size: int,
-                   n: float) -> np.ndarray:
-    """Zero-mean energy of every (size x size) window at n_off x n_off offsets from (x0, y0)."""
-    ys = slice(y0, y0 + n_off)
-    xs = slice(x0, x0 + n_off)
-    ye = slice(y0 + size, y0 + size + n_off)
-    xe = slice(x0 + size, x0 + size + n_off)
-    sq = s2[ye, xe] - s2[ys, xe] - s2[ye, xs] + s2[ys, xs]
-    lin = s1[ye, xe] - s1[ys, xe] - s1[ye, xs] + s1[ys, xs]
-    return (sq - (lin * lin).sum(-1) / n).astype(np.float32)
+def _window_energy(desc: np.ndarray, size: int) -> np.ndarray:
+    """Zero-mean energy, summed over channels, of the (size x size) window centred on each pixel.
+
+    The energy is a small difference of large sums, so the sums are float64, channel by
+    channel into one reused buffer.
+    """
+    box = (size, size)
+    energy = cv2.boxFilter(np.einsum("ijk,ijk->ij", desc, desc), cv2.CV_64F, box, normalize=False)
+    plane = np.empty(desc.shape[:2], np.float32)
+    sums = np.empty(desc.shape[:2])
+    for c in range(desc.shape[2]):
+        cv2.extractChannel(desc, c, dst=plane)
+        cv2.boxFilter(plane, cv2.CV_64F, box, dst=sums, normalize=False)
+        sums *= sums
+        sums /= size * size
+        energy -= sums
+    return energy.astype(np.float32)
 
 
-def _peak(surface: np.ndarray) -> tuple[float, float, float, float] | None:
-    """Sub-pixel peak (x, y), its score and margin over the best peak 3+ pixels away.
+def _peaks(surfaces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sub-pixel peak (x, y) of each surface (N, h, w), its score and its margin over the
+    best peak 3+ pixels away.
 
-    None when the peak lies on the edge of the search area: the true offset may be
+    NaN where the peak lies on the edge of the search area: the true offset may be
     outside it, so the position cannot be trusted.
     """
-    iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
-    h, w = surface.shape
-    if ix == 0 or iy == 0 or ix == w - 1 or iy == h - 1:
-        return None
-    score = float(surface[iy, ix])
-    others = surface.copy()
-    others[max(iy - 2, 0):iy + 3, max(ix - 2, 0):ix + 3] = -np.inf
-    runner_up = float(others.max()) if np.isfinite(others).any() else -1.0
-    dx = parabola_offset(surface[iy, ix - 1], score, surface[iy, ix + 1])
-    dy = parabola_offset(surface[iy - 1, ix], score, surface[iy + 1, ix])
-    return ix + dx, iy + dy, score, score - runner_up
+    n, h, w = surfaces.shape
+    flat = surfaces.reshape(n, -1)
+    best = np.argmax(flat, axis=1)
+    iy, ix = np.divmod(best, w)
+    score = flat[np.arange(n), best].astype(np.float64)
+    rows, cols = np.arange(h), np.arange(w)
+    near = (np.abs(rows[None, :, None] - iy[:, None, None]) <= 2) & (np.abs(cols[None, None, :] - ix[:, None, None]) <= 2)
+    runner_up = np.where(near, -np.inf, surfaces).max(axis=(1, 2)).astype(np.float64)
+    runner_up[~np.isfinite(runner_up)] = -1.0
+    inside = (ix > 0) & (iy > 0) & (ix < w - 1) & (iy < h - 1)
+    k, x, y = np.arange(n)[inside], ix[inside], iy[inside]
+    centre = surfaces[k, y, x]
+    px, py = np.full(n, np.nan), np.full(n, np.nan)
+    px[inside] = x + parabola_offset(surfaces[k, y, x - 1], centre, surfaces[k, y, x + 1])
+    py[inside] = y + parabola_offset(surfaces[k, y - 1, x], centre, surfaces[k, y + 1, x])
+    score[~inside] = np.nan
+    return px, py, score, score - runner_up
