@@ -16,7 +16,7 @@ from .options import Debug, Overwrite, Quiet, Verbose
 from dmreg.batch.summary import SCHEMA
 from dmreg.errors import InputError
 from dmreg.io.writing import check_output
-from dmreg.batch.sheet import status_counts, write_overview_sheet
+from dmreg.batch.summary import status_counts
 
 STATUS_STYLES = {"ok": "green", "skipped": "blue", "failed": "red", "not run": "dim"}
 
@@ -40,6 +40,8 @@ def report_command(
         if not quiet:
             stderr.print(pairs_table(data))
         if output is not None:
+            from dmreg.batch.sheet import write_overview_sheet  # matplotlib: 0.6 s to import, only for pictures
+
             write_overview_sheet(data, summary.parent, output, overwrite=overwrite)
             if not quiet:
                 stderr.print(f"overview sheet: {output}", highlight=False)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from contextlib import closing
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import shapely
@@ -46,6 +48,10 @@ log = logging.getLogger("dmreg")
 
 ProgressFn = Callable[[int, int], None]
 """Called as progress(done, total) after each tile."""
+
+FIRST_PASS_SLACK = 3.0
+"""A pass that a refinement pass follows only has to bring the sub-pixel peaks near zero
+offset: it stops at three times the target error."""
 
 REFINE_TOLERANCE_PX = 0.05
 """Working pixels: a pass whose model moved no further than this from the one its tiles
@@ -106,7 +112,10 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         passes: list[dict] = []
         for refinement in range(1 + options.refinements):
             radius = SEARCH_SPREAD * fine_offset * work_scale
-            budget = _Budget(overlap, threshold, radius, options, at, options.target_error_px * work_scale, timings)
+            final = refinement == options.refinements
+            budget = _Budget(_budget_kind(options, passes, coarse), threshold, radius, options, at,
+                             options.target_error_px * work_scale * (1 if final else FIRST_PASS_SLACK),
+                             16 if final else 8, timings)
             matches, n_matched = _match_tiles(reader, matcher, georef, initial, tiles, order, fine_offset,
                                               progress, timings, budget)
             log.info("pass %d: %d matches in %d of %d tiles read (%d planned)%s", refinement + 1, len(matches),
@@ -119,7 +128,8 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
             passes.append({"tiles_read": budget.tiles_read, "tiles_matched": n_matched, "matches": len(matches),
                            "stopped_early": budget.stopped, "model": selected.kind, "moved_px": round(moved, 4)})
             initial, fine_offset = selected.transform, 4.0
-            if moved <= REFINE_TOLERANCE_PX * work_scale and refinement < options.refinements:
+            precise = not budget.stopped or budget.ce90_px <= options.target_error_px * work_scale
+            if moved <= REFINE_TOLERANCE_PX * work_scale and precise and not final:
                 log.info("pass %d moved the model by %.3f px at most: no further pass needed", refinement + 1, moved)
                 break
         if coarse_model is not None:
@@ -146,44 +156,52 @@ def _working_scale(georef: GeorefMapping, mov: RasterInfo) -> float:
 
 
 class _Budget:
-    """When a pass has matched enough tiles: once the model fitted to its matches so far
-    (global models only, for speed) has a predicted CE90 at the check grid no larger than
-    the target. Checked after 8 tiles, then each time 1.5 x as many have been read, so
-    the checks cost a bounded share of the pass; a hard pair never gets there and is
-    matched over every planned tile."""
+    """When a pass has matched enough tiles: once the model ``kind`` fitted to its matches
+    so far has a predicted CE90 at the check grid no larger than the target. The final
+    pass is first checked after 16 tiles (a bootstrap over fewer blocks underestimates
+    the spread), a pass a refinement follows after 8; then each time 1.5 x as many have
+    been read, so the checks cost a bounded share of the pass. A hard pair never gets
+    there and is matched over every planned tile."""
 
-    FIRST_CHECK = 8
     GROWTH = 1.5
 
-    def __init__(self, overlap: Polygon, threshold: float, search_radius: float, options: RegisterOptions,
-                 at: np.ndarray, target_px: float, timings: dict[str, float]):
-        self.overlap, self.threshold, self.search_radius = overlap, threshold, search_radius
-        self.options, self.at, self.target_px, self.timings = options, at, target_px, timings
-        self.next_check = self.FIRST_CHECK
+    def __init__(self, kind: str, threshold: float, search_radius: float, options: RegisterOptions,
+                 at: np.ndarray, target_px: float, first_check: int, timings: dict[str, float]):
+        self.threshold, self.search_radius, self.options, self.at = threshold, search_radius, options, at
+        self.target_px, self.timings, self.kind = target_px, timings, kind
+        self.next_check = first_check if target_px > 0 else math.inf
         self.tiles_read = 0
         self.stopped = False
         self.ce90_px = math.inf
 
     def enough(self, matches: Correspondences) -> bool:
-        if self.target_px <= 0 or self.tiles_read < self.next_check:
+        if self.tiles_read < self.next_check:
             return False
         self.next_check = math.ceil(self.tiles_read * self.GROWTH)
         t = time.perf_counter()
-        try:
-            _, selected, _ = _fit(matches, self.overlap, self.threshold, self.search_radius, self.options,
-                                  allow_local=False)
-        except RegistrationError:
-            return False
-        finally:
+        fitted = fit_all(matches.pred_px, matches.ref_px, self.threshold, kinds=(self.kind,),
+                         weights=matches.confidence, seed=self.options.seed,
+                         search_radius=self.search_radius).get(self.kind)
+        if fitted is None or not fitted.meaningful or fitted.n_inliers < self.options.min_inliers:
             self.timings["fit"] += time.perf_counter() - t
-        t = time.perf_counter()
-        self.ce90_px = bootstrap_uncertainty(selected.transform, matches.pred_px, matches.ref_px, selected.inliers,
+            return False
+        self.ce90_px = bootstrap_uncertainty(fitted.transform, matches.pred_px, matches.ref_px, fitted.inliers,
                                              matches.tile, self.at, seed=self.options.seed).ce90_px
-        self.timings["uncertainty"] = self.timings.get("uncertainty", 0.0) + time.perf_counter() - t
-        log.debug("%d tiles read: %s model, predicted CE90 %.4f px (target %.4f)", self.tiles_read, selected.kind,
+        self.timings["fit"] += time.perf_counter() - t
+        log.debug("%d tiles read: %s model, predicted CE90 %.4f px (target %.4f)", self.tiles_read, self.kind,
                   self.ce90_px, self.target_px)
         self.stopped = self.ce90_px <= self.target_px
         return self.stopped
+
+
+def _budget_kind(options: RegisterOptions, passes: list[dict], coarse: dict) -> str:
+    """The model whose precision decides when a pass has enough tiles: the one asked for,
+    else the global model the previous pass chose, else the coarse stage's, else affine
+    (its spread bounds that of its special cases, translation and similarity)."""
+    if options.model not in ("auto", "local"):
+        return options.model
+    previous = passes[-1]["model"] if passes else coarse.get("model", "affine")
+    return previous if previous in KINDS else "affine"
 
 
 def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, initial: Transform,
@@ -214,17 +232,17 @@ def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, in
                                          np.full(len(found), index)))
         batch.clear()
 
-    for done, index in enumerate(order, start=1):
-        pair = reader.pair(tiles[index], mapping.inverse, max_offset)
-        budget.tiles_read = done
-        if pair is not None:
-            batch.append((index, pair))
-        if len(batch) >= reader.options.batch_size or (batch and done >= budget.next_check):
-            flush()
-            if parts and budget.enough(Correspondences.concatenate(parts)):
-                break
-        if progress:
-            progress(done, len(tiles))
+    with closing(_read_ahead(reader, tiles, order, mapping, max_offset)) as pairs:
+        for done, (index, pair) in enumerate(pairs, start=1):
+            budget.tiles_read = done
+            if pair is not None:
+                batch.append((index, pair))
+            if len(batch) >= reader.options.batch_size or (batch and done >= budget.next_check):
+                flush()
+                if parts and budget.enough(Correspondences.concatenate(parts)):
+                    break
+            if progress:
+                progress(done, len(tiles))
     if batch:
         flush()
     if progress:
@@ -232,6 +250,32 @@ def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, in
     if not parts:
         return Correspondences.empty(), 0
     return Correspondences.concatenate(parts), n_matched
+
+
+def _read_ahead(reader: TileReader, tiles: list[Grid], order: list[int], mapping: CorrectedMapping,
+                max_offset: float) -> Iterator[tuple[int, TilePair | None]]:
+    """The tile pairs in ``order``, read by a background thread up to a batch ahead of
+    the matcher, so that reading and matching overlap. Reads still queued when the
+    caller stops are cancelled and running ones finished before returning: the next
+    pass must not read the same datasets from two threads at once."""
+    pending: deque[tuple[int, Future]] = deque()
+    upcoming = iter(order)
+    with ThreadPoolExecutor(1, thread_name_prefix="dmreg-tiles") as pool:
+        def submit() -> None:
+            index = next(upcoming, None)
+            if index is not None:
+                pending.append((index, pool.submit(reader.pair, tiles[index], mapping.inverse, max_offset)))
+
+        for _ in range(reader.options.batch_size):
+            submit()
+        try:
+            while pending:
+                index, read = pending.popleft()
+                submit()
+                yield index, read.result()
+        finally:
+            for _, read in pending:
+                read.cancel()
 
 
 def _largest_distance(a: Transform, b: Transform, area: Polygon) -> float:
@@ -243,7 +287,7 @@ def _largest_distance(a: Transform, b: Transform, area: Polygon) -> float:
 
 
 def _fit(matches: Correspondences, overlap: Polygon, threshold: float, search_radius: float,
-         options: RegisterOptions, allow_local: bool = True) -> tuple[dict[str, ModelFit], ModelFit, dict[str, CVScore]]:
+         options: RegisterOptions) -> tuple[dict[str, ModelFit], ModelFit, dict[str, CVScore]]:
     """Robust fits, kept only when meaningful a contrario, then the model chosen by
     blocked cross-validation (or the one asked for). The local field competes in every
     pass: the next pass then reads its tiles through it, so sub-pixel peaks are measured
@@ -263,8 +307,7 @@ def _fit(matches: Correspondences, overlap: Polygon, threshold: float, search_ra
     if not meaningful:
         raise RegistrationError(_no_meaningful_model(fits, len(matches), options.model))
     choice = choose_model(meaningful, src, dst, matches.tile, 2 * threshold, _points_inside(overlap),
-                          seed=options.seed,
-                          local={"auto": "candidate", "local": "always"}.get(options.model, "no") if allow_local else "no")
+                          seed=options.seed, local={"auto": "candidate", "local": "always"}.get(options.model, "no"))
     chosen = (summarise_fit(choice.local, src, dst, threshold) if choice.kind == "local"
               else meaningful[choice.kind])
     if chosen.n_inliers < options.min_inliers:

@@ -17,7 +17,6 @@ from dmreg.batch.summary import PairRecord
 from dmreg.errors import DmregError, FlaggedError
 from dmreg.matchers import Matcher, get_matcher
 from dmreg.pipeline import OutputOptions, RegisterOptions, RegistrationResult, register
-from dmreg.qa import write_qa_picture
 from dmreg.runtime import set_thread_count
 
 log = logging.getLogger("dmreg")
@@ -72,6 +71,8 @@ def _record(base: PairRecord, result: RegistrationResult, start: float) -> PairR
 
 def _qa(job: PairJob, result: RegistrationResult) -> None:
     if job.outputs.want_qa:
+        from dmreg.qa import write_qa_picture  # matplotlib: 0.6 s to import, only for pictures
+
         write_qa_picture(result, job.outputs.qa, ref_band=job.options.ref_band, mov_band=job.options.mov_band,
                          title=job.pair.name)
 

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from dmreg.batch.summary import STATUSES
+from dmreg.batch.summary import STATUSES, status_counts
 from dmreg.io.writing import atomic_path
 from dmreg.qa import DPI, shorten
 
@@ -58,15 +58,6 @@ def write_overview_sheet(summary: dict, summary_dir: Path, path: str | Path, *, 
                      _caption(pair), ha="center", va="top", fontsize=8.5, linespacing=1.4,
                      color=STATUS_COLOURS.get(pair.get("status"), "black"))
         fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
-
-
-def status_counts(summary: dict) -> dict[str, int]:
-    """Pairs per status, counted from the pairs themselves (unknown statuses too)."""
-    counts = dict.fromkeys(STATUSES, 0)
-    for pair in summary.get("pairs") or []:
-        status = str(pair.get("status", "?"))
-        counts[status] = counts.get(status, 0) + 1
-    return counts
 
 
 def _pairs_to_show(pairs: list[dict], max_pairs: int) -> list[dict]:

@@ -76,3 +76,12 @@ def write_summary(out_dir: Path, header: dict, records: list[PairRecord]) -> Pat
 def _clean(row: dict) -> dict:
     """JSON has no NaN: unknown numbers become null."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+
+
+def status_counts(summary: dict) -> dict[str, int]:
+    """Pairs per status, counted from the pairs themselves (unknown statuses too)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for pair in summary.get("pairs") or []:
+        status = str(pair.get("status", "?"))
+        counts[status] = counts.get(status, 0) + 1
+    return counts

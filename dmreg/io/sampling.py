@@ -91,12 +91,11 @@ def normalise_contrast(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     img = np.zeros(values.shape, np.float32)
     if valid.sum() < 16:
         return img
-    v = values[valid]
-    lo, hi = np.percentile(v, [1.0, 99.0])
+    lo, median, hi = np.percentile(values[valid], [1.0, 50.0, 99.0])
     if hi <= lo:
         return img
     img = np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    img[~valid] = float(np.median(img[valid]))
+    img[~valid] = min(max((median - lo) / (hi - lo), 0.0), 1.0)  # the stretch is monotonic: median of img
     return img
 
 
@@ -140,10 +139,11 @@ def _source_window(
     finite = np.isfinite(sx) & np.isfinite(sy)
     if not finite.any():
         return None, 1.0
-    x0 = max(int(np.floor(sx[finite].min())) - margin, 0)
-    y0 = max(int(np.floor(sy[finite].min())) - margin, 0)
-    x1 = min(int(np.ceil(sx[finite].max())) + margin, ds.width)
-    y1 = min(int(np.ceil(sy[finite].max())) + margin, ds.height)
+    xs, ys = (sx, sy) if finite.all() else (sx[finite], sy[finite])
+    x0 = max(int(np.floor(xs.min())) - margin, 0)
+    y0 = max(int(np.floor(ys.min())) - margin, 0)
+    x1 = min(int(np.ceil(xs.max())) + margin, ds.width)
+    y1 = min(int(np.ceil(ys.max())) + margin, ds.height)
     if x1 <= x0 or y1 <= y0:
         return None, 1.0
     # source pixels per output pixel, from the local Jacobian (on every 8th row and

@@ -7,7 +7,7 @@ its height and margin over the best competing peak give the match confidence. Of
 larger than the radius are first removed by phase correlation of the whole tile.
 
 Only the correlation itself is done template by template (cv2.matchTemplate, one call
-each); the window statistics come from box filters over the whole tile and the peaks are
+each); the window energies come from box filters over the whole tile, and the peaks are
 found for all templates at once. Tiles of a batch are matched in a thread pool: OpenCV and
 numpy release the GIL in their heavy calls.
 """
@@ -43,15 +43,23 @@ class StructuralMatcher:
         return {"name": self.name, "weights_sha256": None, "device": "cpu"}
 
     def match(self, pairs: Sequence[TilePair]) -> list[TileMatches]:
-        workers = min(thread_count(), len(pairs))
-        if workers <= 1:
-            return [self._match_pair(p) for p in pairs]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="structural") as pool:
+        """Pairs in parallel, one thread each; a lone pair (the coarse level, a batch's
+        last tile) is itself split over the threads."""
+        threads = thread_count()
+        if len(pairs) == 1 or threads <= 1:
+            return [self._match_pair(p, threads) for p in pairs]
+        with ThreadPoolExecutor(max_workers=min(threads, len(pairs)), thread_name_prefix="structural") as pool:
             return list(pool.map(self._match_pair, pairs))
 
-    def _match_pair(self, pair: TilePair) -> TileMatches:
-        ref_d = oriented_gradients(pair.ref, pair.ref_valid)
-        mov_d = oriented_gradients(pair.mov, pair.mov_valid)
+    def _match_pair(self, pair: TilePair, threads: int = 1) -> TileMatches:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="structural-pair") as pool:
+            ref_job = pool.submit(oriented_gradients, pair.ref, pair.ref_valid)  # planes (n, H, W)
+            mov_d = oriented_gradients(pair.mov, pair.mov_valid)
+            ref_d = ref_job.result()
+            return self._match_descriptors(pair, ref_d, mov_d, _Split(pool, threads) if threads > 1 else None)
+
+    def _match_descriptors(self, pair: TilePair, ref_d: np.ndarray, mov_d: np.ndarray,
+                           split: _Split | None) -> TileMatches:
         shift = np.zeros(2)
         radius = int(np.ceil(pair.max_offset)) + 2
         if radius > self.local_radius + 2:
@@ -60,26 +68,25 @@ class StructuralMatcher:
                 shift = np.round([dx, dy])
                 radius = self.local_radius
         radius = max(radius, 4)
-        return self._match_templates(pair, ref_d, mov_d, shift.astype(int), radius)
+        return self._match_templates(pair, ref_d, mov_d, shift.astype(int), radius, split)
 
     def _match_templates(self, pair: TilePair, ref_d: np.ndarray, mov_d: np.ndarray,
-                         shift: np.ndarray, radius: int) -> TileMatches:
+                         shift: np.ndarray, radius: int, split: _Split | None) -> TileMatches:
         rows, cols = pair.mov.shape
         # small tiles get smaller templates on a denser grid, so they still yield matches
         h = min(self.template_radius, max(6, min(rows, cols) // 6))
         step = min(self.step, max(6, min(rows, cols) // 8))
-        xs, ys = self._template_centres(pair, ref_d.shape, h, step, shift, radius)
+        xs, ys = self._template_centres(pair, ref_d.shape[1:], h, step, shift, radius)
         # top-left corner of each template's search area in ref
         x0, y0 = xs + shift[0] - h - radius, ys + shift[1] - h - radius
-        surfaces, t_energy = _correlations(ref_d, mov_d, xs, ys, x0, y0, h, radius)
+        surfaces, t_energy = _correlations(_interleaved(ref_d), _interleaved(mov_d), xs, ys, x0, y0, h, radius,
+                                           split)
         textured = t_energy >= 1e-6  # the others have no surface
         if not textured.any():
             return TileMatches()
         xs, ys, x0, y0, surfaces, t_energy = (a[textured] for a in (xs, ys, x0, y0, surfaces, t_energy))
-        n_off = 2 * radius + 1
-        w_energy = _window_energy(ref_d, 2 * h + 1)
-        w_energy = np.lib.stride_tricks.sliding_window_view(w_energy, (n_off, n_off))[y0 + h, x0 + h]
-        zncc = surfaces / np.sqrt(t_energy.astype(np.float32)[:, None, None] * np.maximum(w_energy, 1e-9))
+        w_energy = _search_energies(ref_d, x0, y0, h, radius)
+        zncc = surfaces / np.sqrt(t_energy.astype(np.float32)[:, None, None] * w_energy)
         px, py, score, margin = _peaks(zncc)
         good = (score >= self.min_score) & (margin >= self.min_margin)  # False where no peak (NaN)
         if not good.any():
@@ -109,45 +116,76 @@ class StructuralMatcher:
 
 
 def _correlations(ref_d: np.ndarray, mov_d: np.ndarray, xs: np.ndarray, ys: np.ndarray, x0: np.ndarray,
-                  y0: np.ndarray, h: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
+                  y0: np.ndarray, h: int, radius: int, split: _Split | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cross-correlation surfaces (N, 2r+1, 2r+1) of each zero-mean template, centred on
     (xs, ys) in mov, over its search area from (x0, y0) in ref; and each template's energy.
     A template without energy (below 1e-6) is not correlated: its surface is left undefined.
 
-    A template is handled as a 2-D block (rows, columns x channels) of the descriptor:
-    numpy subtracts its channel means from that far faster than from a 3-D view.
+    Both descriptors are (H, W, n) viewed as single planes (H, W * n): the correlation at
+    every n-th column of those planes is the sum over channels, and cv2.matchTemplate is
+    faster on one plane than on n channels. numpy also subtracts a template's channel
+    means far faster from such a 2-D block than from a 3-D view. With a ``split`` the
+    templates are shared out among its threads (OpenCV releases the GIL).
     """
     channels = mov_d.shape[2]
     size, span = 2 * h + 1, 2 * (h + radius) + 1
-    blocks = mov_d.reshape(mov_d.shape[0], -1)
+    ref_rows, mov_rows = ref_d.reshape(ref_d.shape[0], -1), mov_d.reshape(mov_d.shape[0], -1)
     surfaces = np.empty((len(xs), 2 * radius + 1, 2 * radius + 1), np.float32)
     energy = np.empty(len(xs))
-    for k, (x, y, xa, ya) in enumerate(zip(xs, ys, x0, y0)):
-        block = blocks[y - h:y + h + 1, (x - h) * channels:(x + h + 1) * channels]
-        means = cv2.reduce(block, 0, cv2.REDUCE_AVG, dtype=cv2.CV_64F).reshape(size, channels).mean(axis=0)
-        tpl = (block - np.tile(means.astype(np.float32), size)).reshape(size, size, channels)
-        energy[k] = cv2.norm(tpl, cv2.NORM_L2SQR)
-        if energy[k] >= 1e-6:
-            surfaces[k] = cv2.matchTemplate(ref_d[ya:ya + span, xa:xa + span], tpl, cv2.TM_CCORR)
+
+    def correlate(ks: np.ndarray) -> None:
+        for k in ks.tolist():
+            x, y, xa, ya = int(xs[k]), int(ys[k]), int(x0[k]), int(y0[k])
+            block = mov_rows[y - h:y + h + 1, (x - h) * channels:(x + h + 1) * channels]
+            column_means = cv2.reduce(block, 0, cv2.REDUCE_AVG, dtype=cv2.CV_64F).reshape(size, channels)
+            means = cv2.reduce(column_means, 0, cv2.REDUCE_AVG).astype(np.float32)  # (1, channels)
+            tpl = block - cv2.repeat(means, 1, size)
+            energy[k] = cv2.norm(tpl, cv2.NORM_L2SQR)
+            if energy[k] >= 1e-6:
+                area = ref_rows[ya:ya + span, xa * channels:(xa + span) * channels]
+                surfaces[k] = cv2.matchTemplate(area, tpl, cv2.TM_CCORR)[:, ::channels]
+
+    everything = np.arange(len(xs))
+    if split is None:
+        correlate(everything)
+    else:
+        list(split.pool.map(correlate, np.array_split(everything, split.threads)))
     return surfaces, energy
 
 
-def _window_energy(desc: np.ndarray, size: int) -> np.ndarray:
-    """Zero-mean energy, summed over channels, of the (size x size) window centred on each pixel.
+@dataclass(frozen=True)
+class _Split:
+    """A pool to share one pair's templates out among ``threads`` threads."""
 
-    The energy is a small difference of large sums, so the sums are float64, channel by
-    channel into one reused buffer.
-    """
+    pool: ThreadPoolExecutor
+    threads: int
+
+
+def _interleaved(planes: np.ndarray) -> np.ndarray:
+    """(H, W, n) from (n, H, W), for :func:`_correlations`."""
+    return cv2.merge(list(planes)).reshape(*planes.shape[1:], len(planes))
+
+
+def _search_energies(ref_d: np.ndarray, x0: np.ndarray, y0: np.ndarray, h: int, radius: int) -> np.ndarray:
+    """Zero-mean energy (N, 2r+1, 2r+1) of the ref window under each template at each offset
+    of its search area from (x0, y0); at least 1e-9, so ZNCC never divides by zero."""
+    n_off = 2 * radius + 1
+    energy = _window_energy(ref_d, 2 * h + 1)  # by window centre
+    return np.maximum(np.lib.stride_tricks.sliding_window_view(energy, (n_off, n_off))[y0 + h, x0 + h], 1e-9)
+
+
+def _window_energy(planes: np.ndarray, size: int) -> np.ndarray:
+    """Zero-mean energy, summed over the planes (n, H, W), of the (size x size) window
+    centred on each pixel. It is a small difference of large sums, so these are float64."""
     box = (size, size)
-    energy = cv2.boxFilter(np.einsum("ijk,ijk->ij", desc, desc), cv2.CV_64F, box, normalize=False)
-    plane = np.empty(desc.shape[:2], np.float32)
-    sums = np.empty(desc.shape[:2])
-    for c in range(desc.shape[2]):
-        cv2.extractChannel(desc, c, dst=plane)
+    shape = planes.shape[1:]
+    squares, sums_squared, sums = np.zeros(shape), np.zeros(shape), np.empty(shape)
+    for plane in planes:
+        cv2.accumulateSquare(plane, squares)
         cv2.boxFilter(plane, cv2.CV_64F, box, dst=sums, normalize=False)
-        sums *= sums
-        sums /= size * size
-        energy -= sums
+        cv2.accumulateSquare(sums, sums_squared)
+    energy = cv2.boxFilter(squares, -1, box, normalize=False)
+    energy -= sums_squared / (size * size)
     return energy.astype(np.float32)
 
 
@@ -163,8 +201,9 @@ def _peaks(surfaces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     best = np.argmax(flat, axis=1)
     iy, ix = np.divmod(best, w)
     score = flat[np.arange(n), best].astype(np.float64)
-    rows, cols = np.arange(h), np.arange(w)
-    near = (np.abs(rows[None, :, None] - iy[:, None, None]) <= 2) & (np.abs(cols[None, None, :] - ix[:, None, None]) <= 2)
+    near_row = np.abs(np.arange(h)[None, :, None] - iy[:, None, None]) <= 2
+    near_col = np.abs(np.arange(w)[None, None, :] - ix[:, None, None]) <= 2
+    near = near_row & near_col
     runner_up = np.where(near, -np.inf, surfaces).max(axis=(1, 2)).astype(np.float64)
     runner_up[~np.isfinite(runner_up)] = -1.0
     inside = (ix > 0) & (iy > 0) & (ix < w - 1) & (iy < h - 1)

@@ -1,0 +1,91 @@
+"""The adaptive tile budget: a pass stops matching tiles once the model is pinned down.
+
+A 1047 x 1056 raster (the Landsat 7 sample upsampled 3x) in 128-pixel tiles gives a plan
+of 64 tiles. Registering a band to itself (shifted geotransform) is easy: the predicted
+error falls below the target after the first check and most tiles are never read. The
+same band with strong noise added is hard: every match is noisy, the target is reached
+late or never, and many more tiles are read. With ``target_error_px=0`` every planned
+tile is matched, as before the budget existed.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from affine import Affine
+from shapely.geometry import box
+
+from dmreg.geometry.tiling import Grid, plan_tiles, spread_order
+from dmreg.options import RegisterOptions
+from dmreg.pipeline import estimate
+
+from helpers import SHIFT, write_raster
+
+UPSAMPLE = 3
+OPTIONS = RegisterOptions(tile_size=128, tile_overlap=0)
+
+
+@pytest.fixture(scope="module")
+def large_pair(l7, tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("budget")
+    red = l7["bands"]["red"]
+    size = (red.shape[1] * UPSAMPLE, red.shape[0] * UPSAMPLE)
+    big = cv2.resize(red, size, interpolation=cv2.INTER_CUBIC)
+    transform = l7["transform"] @ Affine.scale(1 / UPSAMPLE)
+    noisy = np.clip(big.astype(np.float32) + np.random.default_rng(0).normal(0, 40, big.shape), 0, 255)
+    ref = write_raster(folder / "ref.tif", big, crs=l7["crs"], transform=transform)
+    moved = transform @ Affine.translation(*SHIFT)
+    easy = write_raster(folder / "easy.tif", big, crs=l7["crs"], transform=moved)
+    hard = write_raster(folder / "hard.tif", noisy.astype(np.uint8), crs=l7["crs"], transform=moved)
+    return {"ref": str(ref), "easy": str(easy), "hard": str(hard)}
+
+
+def _error(result) -> float:
+    """Check-grid error against the truth (identity: the pixels were not moved)."""
+    xs, ys = np.meshgrid(np.linspace(0.5, result.mov.width - 0.5, 10), np.linspace(0.5, result.mov.height - 0.5, 10))
+    x, y = result.mapping.apply(xs.ravel(), ys.ravel())
+    return float(np.max(np.hypot(x - xs.ravel(), y - ys.ravel())))
+
+
+def test_budget_stops_early_on_an_easy_pair_and_reads_more_on_a_hard_one(large_pair):
+    easy = estimate(large_pair["ref"], large_pair["easy"], OPTIONS)
+    hard = estimate(large_pair["ref"], large_pair["hard"], OPTIONS)
+    assert easy.tiles == hard.tiles == 81  # 1047 x 1056 px in 128-px tiles, the last ones overlapping
+    assert easy.passes[-1]["stopped_early"]
+    assert easy.passes[-1]["tiles_read"] <= 24, easy.passes
+    easy_read = sum(p["tiles_read"] for p in easy.passes)
+    hard_read = sum(p["tiles_read"] for p in hard.passes)
+    assert hard_read >= 2 * easy_read, (easy.passes, hard.passes)
+    assert _error(easy) < 0.05
+    assert _error(hard) < 0.3
+    assert hard.uncertainty.ce90_px > easy.uncertainty.ce90_px
+
+
+def test_zero_target_matches_every_planned_tile(large_pair):
+    result = estimate(large_pair["ref"], large_pair["easy"], RegisterOptions(tile_size=128, tile_overlap=0,
+                                                                               target_error_px=0))
+    assert all(p["tiles_read"] == 81 and not p["stopped_early"] for p in result.passes)
+    assert _error(result) < 0.05
+
+
+def test_negative_target_is_refused():
+    from dmreg.errors import UsageError
+
+    with pytest.raises(UsageError, match="--target-error"):
+        RegisterOptions(target_error_px=-1)
+
+
+def test_spread_order_puts_the_centre_first_then_spreads():
+    tiles = plan_tiles(box(0, 0, 1000, 1000), 1.0, 100, 0, 1000)
+    order = spread_order(tiles)
+    assert sorted(order) == list(range(len(tiles)))
+    centre = tiles[order[0]]
+    assert abs(centre.x0 + 50 - 500) <= 50 and abs(centre.y0 + 50 - 500) <= 50
+    quadrants = {(t.x0 >= 500, t.y0 >= 500) for t in (tiles[i] for i in order[1:5])}
+    assert len(quadrants) == 4, "the four tiles after the centre lie in the four corners' quadrants"
+
+
+def test_spread_order_of_one_or_no_tile():
+    assert spread_order([]) == []
+    assert spread_order([Grid(0, 0, 1.0, 10, 10)]) == [0]
