@@ -16,7 +16,7 @@ import numpy as np
 from shapely.geometry import Polygon
 
 from dmreg.estimate.models import Transform
-from dmreg.estimate.robust import fit_all
+from dmreg.estimate.robust import fit_all, ransac
 from dmreg.estimate.selection import choose_model
 from dmreg.geometry.mapping import GeorefMapping, check_points
 from dmreg.geometry.tiling import Grid, grid_over
@@ -29,6 +29,10 @@ COARSE_KINDS = ("translation", "similarity", "affine")
 IDENTITY = Transform("translation", matrix=np.eye(3))
 ORIENTATION_SEARCH_SIZE = 256   # longest side of the grid the orientations are tried on
 DEFAULT_ROTATION_STEP_DEG = 15.0  # for matchers that do not say what rotation they tolerate
+ORIENTATION_ITERATIONS = 500
+"""RANSAC samples per orientation tried: a wrong orientation has no consensus to find and
+would otherwise use the full 2000; 500 two-point samples still find a 10 % inlier
+consensus with probability 0.993."""
 SEARCH_SPREAD = 1.5
 """Matchers accept matches up to 1.5 x ``max_offset`` from the prediction: the radius of
 the disk a random match falls in, for the a-contrario test."""
@@ -135,9 +139,9 @@ def search_orientation(reader: TileReader, matcher: Matcher, georef: GeorefMappi
         found = _coarse_matches(reader, matcher, georef, grid, max_offset, turn)
         if isinstance(found, str):
             continue
-        fits = fit_all(*found[:2], threshold, kinds=("similarity", "affine"), weights=found[2], seed=options.seed,
-                       search_radius=SEARCH_SPREAD * max_offset)
-        score = min((f.consensus.log10_nfa for f in fits.values()), default=math.inf)
+        fitted = ransac("similarity", *found[:2], threshold, weights=found[2], seed=options.seed,
+                        max_iterations=ORIENTATION_ITERATIONS, search_radius=SEARCH_SPREAD * max_offset)
+        score = fitted.consensus.log10_nfa if fitted is not None else math.inf
         if score < best[0]:
             best = (score, turn, float(angle), mirrored)
     score, turn, angle, mirrored = best

@@ -118,15 +118,30 @@ def _dense_source_coords(fn: CoordFn, rows: int, cols: int) -> tuple[np.ndarray,
 
 
 def _bilinear(grid: np.ndarray, gr: np.ndarray, gc: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    i = np.clip(np.searchsorted(gr, r, side="right") - 1, 0, max(len(gr) - 2, 0))
-    j = np.clip(np.searchsorted(gc, c, side="right") - 1, 0, max(len(gc) - 2, 0))
-    i1 = np.minimum(i + 1, len(gr) - 1)
-    j1 = np.minimum(j + 1, len(gc) - 1)
-    fr = np.where(i1 > i, (r - gr[i]) / np.where(i1 > i, gr[i1] - gr[i], 1.0), 0.0)[:, None]
-    fc = np.where(j1 > j, (c - gc[j]) / np.where(j1 > j, gc[j1] - gc[j], 1.0), 0.0)[None, :]
-    top = grid[i][:, j] * (1 - fc) + grid[i][:, j1] * fc
-    bottom = grid[i1][:, j] * (1 - fc) + grid[i1][:, j1] * fc
-    return top * (1 - fr) + bottom * fr
+    """``grid`` (sampled at rows ``gr``, columns ``gc``) interpolated bilinearly at rows
+    ``r`` x columns ``c``. Bilinear interpolation is separable: two small matrix products.
+    A non-finite lattice value (a mapping with no answer there) makes every point it
+    weighs on NaN, and no other."""
+    wr, wc = _interpolation_matrix(gr, r), _interpolation_matrix(gc, c)
+    finite = np.isfinite(grid)
+    if finite.all():
+        return wr @ grid @ wc.T
+    values = wr @ np.where(finite, grid, 0.0) @ wc.T
+    return np.where(wr @ (~finite).astype(float) @ wc.T > 0, np.nan, values)
+
+
+def _interpolation_matrix(lattice: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(len(points), len(lattice)) weights of linear interpolation (extrapolation at the ends)."""
+    n = len(lattice)
+    i = np.clip(np.searchsorted(lattice, points, side="right") - 1, 0, max(n - 2, 0))
+    i1 = np.minimum(i + 1, n - 1)
+    span = np.where(i1 > i, lattice[i1] - lattice[i], 1.0)
+    f = np.where(i1 > i, (points - lattice[i]) / span, 0.0)
+    weights = np.zeros((len(points), n))
+    rows = np.arange(len(points))
+    np.add.at(weights, (rows, i), 1.0 - f)
+    np.add.at(weights, (rows, i1), f)
+    return weights
 
 
 def _source_window(
