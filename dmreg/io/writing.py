@@ -31,7 +31,7 @@ DEFAULT_CREATION_OPTIONS = {
     "tiled": "YES", "blockxsize": str(BLOCK), "blockysize": str(BLOCK),
     "compress": "DEFLATE", "bigtiff": "IF_SAFER",
 }
-WARP_MEMORY_MB = 256
+WARP_MEMORY_MB = 128
 """GDAL's warper works in chunks of at most this much memory, which bounds the write's peak."""
 
 
