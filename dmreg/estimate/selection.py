@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,7 @@ from dmreg.estimate.models import KINDS, fit
 from dmreg.estimate.robust import ModelFit
 from dmreg.estimate.uncertainty import bootstrap_uncertainty, finite_or_none
 from dmreg.geometry.mapping import PointTransform
+from dmreg.runtime import thread_count
 
 Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], PointTransform]
 """fitter(src, dst, train_mask) -> a model fitted on the masked matches."""
@@ -61,21 +63,25 @@ def cross_validate(fitters: dict[str, Fitter], src: np.ndarray, dst: np.ndarray,
     fold_of_block[order] = np.arange(n_blocks) % min(folds, max(n_blocks, 1))
     fold = fold_of_block[blocks]
     losses = {name: np.full(n_blocks, math.inf) for name in fitters}
-    for f in np.unique(fold):
+
+    def score(f: int, name: str) -> None:
         held = fold == f
-        for name, fitter in fitters.items():
-            try:
-                with np.errstate(all="ignore"):
-                    model = fitter(src, dst, ~held)
-                    x, y = model.apply(src[held, 0], src[held, 1])
-            except (np.linalg.LinAlgError, ValueError):
-                continue
-            err2 = np.minimum((x - dst[held, 0]) ** 2 + (y - dst[held, 1]) ** 2, truncate_px ** 2)
-            err2 = np.where(np.isfinite(err2), err2, truncate_px ** 2)
-            per_block = np.bincount(blocks[held], weights=err2, minlength=n_blocks)
-            counts = np.bincount(blocks[held], minlength=n_blocks)
-            in_fold = np.unique(blocks[held])
-            losses[name][in_fold] = per_block[in_fold] / counts[in_fold]
+        try:
+            with np.errstate(all="ignore"):
+                model = fitters[name](src, dst, ~held)
+                x, y = model.apply(src[held, 0], src[held, 1])
+        except (np.linalg.LinAlgError, ValueError):
+            return
+        err2 = np.minimum((x - dst[held, 0]) ** 2 + (y - dst[held, 1]) ** 2, truncate_px ** 2)
+        err2 = np.where(np.isfinite(err2), err2, truncate_px ** 2)
+        per_block = np.bincount(blocks[held], weights=err2, minlength=n_blocks)
+        counts = np.bincount(blocks[held], minlength=n_blocks)
+        in_fold = np.unique(blocks[held])
+        losses[name][in_fold] = per_block[in_fold] / counts[in_fold]  # each (fold, name) writes its own cells
+
+    jobs = [(f, name) for f in np.unique(fold).tolist() for name in fitters]
+    with ThreadPoolExecutor(thread_count(), thread_name_prefix="dmreg-cv") as pool:  # numpy releases the GIL
+        list(pool.map(lambda job: score(*job), jobs))
     return losses
 
 
