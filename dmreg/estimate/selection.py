@@ -156,6 +156,10 @@ def choose_model(fits: dict[str, ModelFit], src: np.ndarray, dst: np.ndarray, ti
     best, scores = choose(losses, order, variance)
     if local == "no":
         return Choice(best, scores, variance=variance)
+    model = _local_fit(fits[best], src, dst, tiles, seed)
+    if not (model.dx.any() or model.dy.any()):  # no evidence of a local field: it IS the global model
+        return Choice("local" if local == "always" else best, scores, model if local == "always" else None,
+                      variance)
     base_inliers = fits[best].inliers
 
     def local_fitter(a: np.ndarray, b: np.ndarray, train: np.ndarray) -> PointTransform:
@@ -165,7 +169,6 @@ def choose_model(fits: dict[str, ModelFit], src: np.ndarray, dst: np.ndarray, ti
     every_block = spatial_blocks(src, tiles)
     pair = cross_validate({best: _global_fitter(best, base_inliers), "local": local_fitter}, src, dst,
                           every_block, truncate_px, seed=seed)
-    model = _local_fit(fits[best], src, dst, tiles, seed)
     variance["local"] = variance[best] + float(np.mean(model.std_at(at[:, 0], at[:, 1]) ** 2))
     kind = "local" if local == "always" else choose(pair, (best, "local"), variance)[0]
     return Choice(kind, {**scores, **_scores(pair)}, model if kind == "local" else None, variance)
