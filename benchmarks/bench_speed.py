@@ -189,6 +189,12 @@ def evaluate(report: Path, truth, size: tuple[int, int]) -> dict:
                  "model": (rep.get("model") or {}).get("type"), "warnings": rep.get("warnings") or []}
     q = rep.get("quality") or {}
     out["quality"] = {k: q.get(k) for k in ("tiles", "tiles_matched", "matches", "inliers", "rmse_px") if k in q}
+    tiles_read = sum(p.get("tiles_read", 0) for p in rep.get("passes") or [])
+    match_s = (rep.get("timings_s") or {}).get("match")
+    if tiles_read and match_s:  # the fine passes' tiles; the coarse level is one more "tile" of its own
+        out["tiles"] = {"read": tiles_read, "s_per_tile": match_s / tiles_read, "tiles_per_s": tiles_read / match_s}
+    if (rep.get("matcher") or {}).get("peak_memory_mb") is not None:
+        out["gpu_peak_mb"] = rep["matcher"]["peak_memory_mb"]
     grid = (rep.get("model") or {}).get("check_grid")
     if grid:
         grid = np.asarray(grid, float)
@@ -549,6 +555,11 @@ def main() -> int:
     for r in rows:
         if r["run"] != "large" and r.get("timings_s"):
             print(f"{r['run']}: timings " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items()))
+        if r.get("tiles"):
+            t = r["tiles"]
+            print(f"{r['run']}: {t['read']} tiles matched in the fine passes, {t['s_per_tile']:.3f} s per tile, "
+                  f"{t['tiles_per_s']:.2f} tiles/s" + (f", peak GPU memory {r['gpu_peak_mb']:.0f} MB"
+                                                        if r.get("gpu_peak_mb") is not None else ""))
         if r.get("error"):
             print(f"{r['run']}: {r['error']}")
         if r.get("warnings"):

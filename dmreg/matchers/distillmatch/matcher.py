@@ -57,8 +57,12 @@ class DistillMatchMatcher:
         self._model = model.to(self._device, memory_format=torch.channels_last)
 
     def describe(self) -> dict:
-        return {"name": self.name, "weights": self._card.name, "weights_sha256": self._card.sha256,
-                "device": str(self._device)}
+        """What the report records; on a GPU also the peak memory the matching took."""
+        out = {"name": self.name, "weights": self._card.name, "weights_sha256": self._card.sha256,
+               "device": str(self._device)}
+        if self._device.type == "cuda":
+            out["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(self._device) / 2**20, 1)
+        return out
 
     def match(self, pairs: Sequence[TilePair]) -> list[TileMatches]:
         """Tiles larger than ``max_side`` are matched at a reduced size and the matches
