@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .console import configure_logging, exit_codes, stderr
-from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, MatcherName, MaxError, MaxOffset,
+from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, OutputFormat, MatcherName, MaxError, MaxOffset,
                       MaxTiles, TargetError, MinInliers, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
                       RefModality, ResamplingName, TileOverlap, TileSize, Verbose, Weights, output_options,
                       register_options)
@@ -62,6 +62,7 @@ def batch_command(
     rotation_search: RotationSearch = None,
     flip: Flip = False,
     grid: GridName = "reference",
+    of: OutputFormat = "GTiff",
     no_resample: NoResample = False,
     resampling: ResamplingName = "bilinear",
     dst_nodata: DstNodata = None,
@@ -89,7 +90,7 @@ def batch_command(
             max_error=max_error, rotation_search=rotation_search, flip=flip,
         )
         outputs = output_options(grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata,
-                                 co=co, overwrite=False)
+                                 co=co, overwrite=False, driver=of)
         batch = BatchOptions(out_dir=out, workers=workers, executor=executor, scheduler=scheduler,
                              fail_fast=fail_fast, overwrite=overwrite, qa=not no_qa)
         pairs = _pairs(input_dir, reference, reference_dir, manifest, pattern, regex, recursive, out)

@@ -57,6 +57,9 @@ Flip = Annotated[bool, typer.Option("--flip", help="The rotation search also tri
 GridName = Annotated[str, typer.Option(
     "--grid", help="Output grid: reference (CRS, transform and size of the reference) or moving (its own, "
     "corrected).")]
+OutputFormat = Annotated[str, typer.Option(
+    "--of", help="Output format: GTiff, or COG (cloud-optimised GeoTIFF with overviews; --co then takes the COG "
+    "driver's options, e.g. --co COMPRESS=ZSTD).")]
 NoResample = Annotated[bool, typer.Option(
     "--no-resample", help="Copy pixels untouched with corrected georeferencing (geotransform or GCPs).")]
 ResamplingName = Annotated[str, typer.Option("--resampling", help="nearest, bilinear, cubic or lanczos.")]
@@ -97,12 +100,13 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
 
 def output_options(*, grid: str, no_resample: bool, resampling: str, dst_nodata: float | None,
                    co: list[str] | None, overwrite: bool, raster: str | None = None, report: str | None = None,
-                   tiepoints: str | None = None) -> OutputOptions:
+                   tiepoints: str | None = None, driver: str = "GTiff") -> OutputOptions:
     """OutputOptions from command-line values (paths may be filled in later, per pair)."""
     if no_resample and grid != "reference":
         raise UsageError("--no-resample keeps the moving pixels as they are: it cannot be combined with --grid")
     if resampling not in RESAMPLING_NAMES:
         raise UsageError(f"unknown resampling {resampling!r}; choose {', '.join(RESAMPLING_NAMES)}")
-    return OutputOptions(raster=raster, report=report, tiepoints=tiepoints, grid=grid, resample=not no_resample,
+    return OutputOptions(raster=raster, report=report, tiepoints=tiepoints, grid=grid, driver=driver,
+                         resample=not no_resample,
                          resampling=Resampling[resampling], nodata=dst_nodata,
                          creation_options=parse_creation_options(co), overwrite=overwrite)

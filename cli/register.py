@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .console import configure_logging, exit_codes, stderr
-from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, MatcherName, MaxError, MaxOffset,
+from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, OutputFormat, MatcherName, MaxError, MaxOffset,
                       MaxTiles, MinInliers, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet,
                       RansacThreshold, RefBand, RefModality, ResamplingName, TargetError, Threads, TileOverlap,
                       TileSize, Verbose, Weights, output_options, register_options)
@@ -48,6 +48,7 @@ def register_command(
     rotation_search: RotationSearch = None,
     flip: Flip = False,
     grid: GridName = "reference",
+    of: OutputFormat = "GTiff",
     no_resample: NoResample = False,
     resampling: ResamplingName = "bilinear",
     dst_nodata: DstNodata = None,
@@ -78,7 +79,7 @@ def register_command(
         )
         set_thread_count(threads)
         outputs = output_options(
-            grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata, co=co,
+            grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata, co=co, driver=of,
             overwrite=overwrite, raster=None if dry_run or output is None else str(output),
             report=str(report) if report else None, tiepoints=str(tiepoints) if tiepoints else None,
         )

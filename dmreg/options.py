@@ -14,7 +14,7 @@ from rasterio.enums import Resampling
 from dmreg.errors import UsageError
 from dmreg.estimate.models import KINDS
 from dmreg.io.sampling import SUPPORTED_RESAMPLING
-from dmreg.output import GRIDS
+from dmreg.output import FORMATS, GRIDS
 
 MODEL_CHOICES = ("auto", *KINDS, "local")
 """``--model``: auto (chosen by cross-validation), a global kind, or local (a smooth field
@@ -79,6 +79,7 @@ class OutputOptions:
     report: str | None = None
     tiepoints: str | None = None
     grid: str = "reference"
+    driver: str = "GTiff"             # GTiff, or COG (cloud-optimised, with overviews)
     resample: bool = True
     resampling: Resampling = Resampling.bilinear
     nodata: float | None = None
@@ -89,6 +90,8 @@ class OutputOptions:
     def __post_init__(self) -> None:
         if self.grid not in GRIDS:
             raise UsageError(f"unknown grid {self.grid!r}; choose one of: {', '.join(GRIDS)}")
+        if self.driver not in FORMATS:
+            raise UsageError(f"unknown output format {self.driver!r}; choose one of: {', '.join(FORMATS)}")
         if self.resampling not in SUPPORTED_RESAMPLING:
             names = ", ".join(r.name for r in SUPPORTED_RESAMPLING)
             raise UsageError(f"resampling {self.resampling.name} is not supported; choose one of: {names}")

@@ -13,12 +13,14 @@ from rasterio.enums import Resampling
 
 from dmreg.io.raster import open_raster
 from dmreg.geometry.mapping import apply_affine
-from dmreg.io.writing import gdal_can_warp, write_copy, write_resampled, write_warped
+from dmreg.io.cog import INTERMEDIATE_OPTIONS, copy_as_cog, intermediate_geotiff
+from dmreg.io.writing import check_output, gdal_can_warp, write_copy, write_resampled, write_warped
 
 if TYPE_CHECKING:
     from dmreg.result import RegistrationResult
 
 GRIDS = ("reference", "moving")
+FORMATS = ("GTiff", "COG")
 AFFINE_KINDS = ("translation", "similarity", "affine")
 GCP_GRID = 20         # GCPs per side for the global models: exact on them, smooth between
 LOCAL_GCP_GRID = 40   # the local model varies over tens of pixels: GDAL's thin-plate spline needs more
@@ -27,14 +29,23 @@ LOCAL_GCP_GRID = 40   # the local model varies over tens of pixels: GDAL's thin-
 def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "reference",
                   resample: bool = True, resampling: Resampling = Resampling.bilinear,
                   nodata: float | None = None, creation_options: dict[str, str] | None = None,
-                  overwrite: bool = False) -> None:
+                  overwrite: bool = False, driver: str = "GTiff") -> None:
     """Write the co-registered moving raster (all bands) to ``path``.
 
     ``grid="reference"``: same CRS, transform and size as the reference. ``grid="moving"``:
     the moving raster's own CRS, resolution and extent, content moved to where it belongs.
     ``resample=False``: pixels copied untouched, georeferencing replaced by the corrected
     geotransform (affine-family models, same CRS) or by GCPs (other models).
+    ``driver="COG"``: a cloud-optimised GeoTIFF with overviews (``creation_options`` are
+    then the COG driver's).
     """
+    if driver == "COG":
+        check_output(path, overwrite)
+        with intermediate_geotiff(path) as tmp:
+            write_aligned(result, tmp, grid=grid, resample=resample, resampling=resampling, nodata=nodata,
+                          creation_options=INTERMEDIATE_OPTIONS)
+            copy_as_cog(tmp, path, creation_options or {}, overwrite)
+        return
     co = creation_options or {}
     ref, mov, mapping = result.ref, result.mov, result.mapping
     with open_raster(mov.path) as src:

@@ -155,7 +155,8 @@ def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOp
         with gdal_env():
             write_aligned(result, outputs.raster, grid=outputs.grid, resample=outputs.resample,
                           resampling=outputs.resampling, nodata=outputs.nodata,
-                          creation_options=outputs.creation_options, overwrite=outputs.overwrite)
+                          creation_options=outputs.creation_options, overwrite=outputs.overwrite,
+                          driver=outputs.driver)
     if outputs.tiepoints:
         write_text(outputs.tiepoints, to_json(tie_points_geojson(result)), outputs.overwrite)
     result.timings_s["write"] = time.perf_counter() - t
