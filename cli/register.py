@@ -24,8 +24,9 @@ log = logging.getLogger("dmreg")
 
 
 def register_command(
-    reference: Annotated[Path, typer.Argument(help="Reference raster (its grid is the target).")],
-    moving: Annotated[Path, typer.Argument(help="Moving raster to align to the reference.")],
+    reference: Annotated[str, typer.Argument(help=(
+        "Reference raster (its grid is the target): a file, a /vsi* path or a URL (https://, s3://, ...)."))],
+    moving: Annotated[str, typer.Argument(help="Moving raster to align to the reference (same forms).")],
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Aligned raster (GeoTIFF).")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Report JSON (schema dmreg.report/1).")] = None,
     tiepoints: Annotated[Path | None, typer.Option("--tiepoints", help="Tie points as GeoJSON.")] = None,
@@ -87,7 +88,7 @@ def register_command(
         with Progress(TextColumn("matching tiles"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=stderr, disable=not show_progress, transient=True) as bar:
             task = bar.add_task("tiles", total=None)
-            result = register(str(reference), str(moving), options, outputs,
+            result = register(reference, moving, options, outputs,
                               progress=lambda done, total: bar.update(task, completed=done, total=total))
         for warning in result.warnings:
             log.warning(warning)

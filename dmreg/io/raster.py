@@ -57,6 +57,19 @@ def describe(ds: rasterio.io.DatasetReader) -> RasterInfo:
     )
 
 
+URL_SCHEMES = ("http://", "https://", "ftp://", "s3://", "gs://", "az://", "oss://", "file://", "zip://",
+               "tar://")
+
+
+def is_gdal_path(path: str | Path) -> bool:
+    """A path only GDAL can resolve: a /vsi* virtual file system path or a URL (rasterio
+    maps https:// to /vsicurl/, s3:// to /vsis3/ and so on). Such a path is checked by
+    opening it, never on the local disk, and must stay a string: pathlib would fold the
+    double slash of /vsicurl/https://."""
+    text = str(path)
+    return text.startswith("/vsi") or text.lower().startswith(URL_SCHEMES)
+
+
 @contextlib.contextmanager
 def open_raster(path: str | Path, band: int = 1) -> Iterator[rasterio.io.DatasetReader]:
     """Open a raster for reading, checking that ``band`` exists.
@@ -64,17 +77,18 @@ def open_raster(path: str | Path, band: int = 1) -> Iterator[rasterio.io.Dataset
     Raises InputError with a one-line message for a missing, unreadable or
     truncated file, so the CLI can exit with code 3.
     """
-    p = Path(path)
-    if not p.exists():
+    p = str(path) if is_gdal_path(path) else Path(path)
+    if isinstance(p, Path) and not p.exists():
         raise InputError(f"{p}: no such file")
-    if p.is_dir():
+    if isinstance(p, Path) and p.is_dir():
         raise InputError(f"{p}: is a folder, expected a raster file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             ds = rasterio.open(p)
     except RasterioError as exc:
-        raise InputError(f"{p}: not a readable raster ({_first_line(exc)})") from exc
+        what = "cannot open it" if isinstance(p, str) else "not a readable raster"
+        raise InputError(f"{p}: {what} ({_first_line(exc)})") from exc
     with ds:
         if not 1 <= band <= ds.count:
             raise InputError(f"{p}: band {band} requested but the raster has {ds.count} band(s)")
