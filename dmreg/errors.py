@@ -60,6 +60,13 @@ class LockedError(DmregError, BlockingIOError):
     exit_code = 7
 
 
+class OutputWriteError(DmregError, OSError):
+    """An output could not be written (disk full, file size limit, permissions): the
+    partial file is removed and anything already in its place is left untouched."""
+
+    exit_code = 10
+
+
 PAIRS_FAILED = 8
 """`dmreg batch` exit code when at least one pair failed (each pair's code is in the summary)."""
 
@@ -73,4 +80,5 @@ EXIT_CODES: dict[int, str] = {
     7: "dmreg batch: another run holds the output folder's lock",
     PAIRS_FAILED: "dmreg batch: one or more pairs failed or were flagged (their codes are in summary.csv/json)",
     9: "flagged: the predicted error (CE90) exceeds --max-error; no raster written, the report says why",
+    10: "an output could not be written (disk full, file size limit, permissions); no partial file is left",
 }

@@ -19,7 +19,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 
-from dmreg.io.writing import BLOCK, atomic_path
+from dmreg.io.writing import BLOCK, atomic_path, check_raster_written
 from dmreg.runtime import thread_count
 
 INTERMEDIATE_OPTIONS = {"compress": "DEFLATE", "zlevel": "1"}
@@ -48,5 +48,5 @@ def copy_as_cog(src_path: Path, dst_path: str | Path, creation_options: dict[str
     """Copy the GeoTIFF at ``src_path`` to ``dst_path`` as a COG, atomically."""
     with rasterio.open(src_path) as src:
         dtype = src.dtypes[0]
-    with atomic_path(dst_path, overwrite) as tmp:
+    with atomic_path(dst_path, overwrite, check_raster_written) as tmp:
         rasterio.shutil.copy(src_path, tmp, driver="COG", **cog_profile(dtype, creation_options))

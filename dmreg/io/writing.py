@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,11 @@ from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from dmreg.errors import OutputExistsError, UsageError
+from dmreg.errors import DmregError, OutputExistsError, OutputWriteError, UsageError
 from dmreg.io.sampling import CoordFn, sample_onto_grid
 from dmreg.runtime import thread_count
 
@@ -50,8 +51,10 @@ def check_output(path: str | Path | None, overwrite: bool, inputs: tuple[str | P
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only on success."""
+def atomic_path(path: str | Path, overwrite: bool,
+                verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only on success
+    (and once ``verify``, if given, has accepted the finished file)."""
     target = Path(path)
     check_output(target, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".dmreg-tmp", dir=target.parent)
@@ -59,13 +62,41 @@ def atomic_path(path: str | Path, overwrite: bool) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if verify is not None:
+            verify(tmp_path)
         if target.exists() and not overwrite:
             raise OutputExistsError(f"{target} appeared while writing; pass --overwrite to replace it")
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get what the user's umask allows
         os.replace(tmp_path, target)
+    except DmregError:
+        raise
+    except OSError as exc:  # ENOSPC, EFBIG, EACCES..., also as GDAL reports them (RasterioIOError)
+        raise OutputWriteError(f"{target}: cannot write it ({_reason(exc)}); nothing was left in its place") from exc
     finally:
         for leftover in (tmp_path, Path(f"{tmp_path}.aux.xml")):
             leftover.unlink(missing_ok=True)
+
+
+def check_raster_written(path: Path) -> None:
+    """Read the finished raster's first and last blocks of every band. GDAL reports a
+    block it could not flush (disk full, file size limit) as a logged error, not an
+    exception, and leaves a truncated file: this finds it before it replaces anything."""
+    try:
+        with _quiet(), rasterio.open(path) as ds:
+            last = Window(max(ds.width - 1, 0), max(ds.height - 1, 0), 1, 1)
+            for window in (Window(0, 0, 1, 1), last):
+                ds.read(window=window)
+    except RasterioError as exc:
+        raise OSError(errno.EIO, f"the written file is incomplete ({_reason(exc)})") from exc
+
+
+def _reason(exc: OSError) -> str:
+    """The operating system's word for a failed write, or GDAL's (rasterio chains it)."""
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror
+    text = str(exc.__cause__ or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def write_text(path: str | Path, text: str, overwrite: bool) -> None:
@@ -103,7 +134,8 @@ def write_resampled(src: rasterio.io.DatasetReader, dst_path: str | Path, *, dst
     profile = dict(driver="GTiff", width=width, height=height, count=src.count, dtype=dtype,
                    crs=dst_crs, transform=dst_transform, nodata=fill,
                    **creation_profile(dtype, creation_options))
-    with atomic_path(dst_path, overwrite) as tmp, _quiet(), rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(dst_path, overwrite, check_raster_written) as tmp, _quiet(), \
+            rasterio.open(tmp, "w", **profile) as dst:
         for row in range(0, height, BLOCK):
             for col in range(0, width, BLOCK):
                 win = Window(col, row, min(BLOCK, width - col), min(BLOCK, height - row))
@@ -141,7 +173,8 @@ def write_warped(src: rasterio.io.DatasetReader, dst_path: str | Path, *, dst_cr
     bands = list(range(1, src.count + 1))
     profile = dict(driver="GTiff", width=width, height=height, count=src.count, dtype=dtype,
                    crs=dst_crs, transform=warp_transform, nodata=fill, **creation_profile(dtype, creation_options))
-    with atomic_path(dst_path, overwrite) as tmp, _quiet(), rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(dst_path, overwrite, check_raster_written) as tmp, _quiet(), \
+            rasterio.open(tmp, "w", **profile) as dst:
         reproject(rasterio.band(src, bands), rasterio.band(dst, bands), src_nodata=src.nodata, dst_nodata=fill,
                   resampling=resampling, num_threads=thread_count(), warp_mem_limit=WARP_MEMORY_MB,
                   init_dest_nodata=True)
@@ -157,7 +190,8 @@ def write_copy(src: rasterio.io.DatasetReader, dst_path: str | Path, *, crs: CRS
                    dtype=src.dtypes[0], nodata=src.nodata, **creation_profile(src.dtypes[0], creation_options))
     if transform is not None:
         profile.update(crs=crs, transform=transform)
-    with atomic_path(dst_path, overwrite) as tmp, _quiet(), rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(dst_path, overwrite, check_raster_written) as tmp, _quiet(), \
+            rasterio.open(tmp, "w", **profile) as dst:
         for row in range(0, src.height, BLOCK):
             for col in range(0, src.width, BLOCK):
                 win = Window(col, row, min(BLOCK, src.width - col), min(BLOCK, src.height - row))
