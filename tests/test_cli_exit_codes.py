@@ -97,7 +97,7 @@ def test_version(tmp_path):
 
 
 def test_exit_codes_are_documented():
-    assert set(EXIT_CODES) == {0, 2, 3, 4, 5, 6, 7, 8, 9}
+    assert set(EXIT_CODES) == {0, 2, 3, 4, 5, 6, 7, 8, 9, 10}
 
 
 # --- 2: usage --------------------------------------------------------------------------
