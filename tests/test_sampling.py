@@ -221,3 +221,27 @@ def test_non_finite_source_coordinates_are_invalid_not_an_error(float_raster):
         assert np.allclose(values[0][:, far:], data[0, :16, far:32], atol=1e-5)
         _, valid = sample_onto_grid(ds, [1], lambda x, y: (np.full_like(x, np.nan), y), (8, 8))
     assert not valid.any()
+
+
+def test_a_block_stretched_over_the_whole_raster_reads_a_bounded_window(float_raster, monkeypatch):
+    """One output row and column mapped to the far edges (a homography near its horizon
+    does this): the window spans the raster, but the read is decimated to at most
+    MAX_READ_RATIO source pixels per output pixel."""
+    from dmreg.io import sampling
+
+    shapes = []
+    real_read = sampling._read_window
+    monkeypatch.setattr(sampling, "_read_window",
+                        lambda ds, bands, window, out_shape: shapes.append(out_shape) or real_read(ds, bands, window,
+                                                                                                   out_shape))
+
+    def far_flung(x, y):
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        return np.where(x > 30, 299.0, x), np.where(y > 30, 239.0, y)
+
+    path, _ = float_raster
+    with rasterio.open(path) as ds:
+        values, valid = sample_onto_grid(ds, [1], far_flung, (32, 32))
+    (rows, cols), = shapes
+    assert rows * cols <= sampling.MAX_READ_RATIO * 32 * 32
+    assert valid.any() and np.isfinite(values[0][valid]).all()

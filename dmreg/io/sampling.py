@@ -32,6 +32,10 @@ _CV2_INTERPOLATION = {
 }
 SUPPORTED_RESAMPLING = tuple(_CV2_INTERPOLATION)
 
+MAX_READ_RATIO = 16
+"""A read never holds more than this many source pixels per output pixel: memory stays
+bounded by the output block whatever the mapping."""
+
 LATTICE_STEP = 16
 """Source coordinates are computed exactly on a lattice of this step and bilinearly
 interpolated between: the mappings used (affine, homography, 2nd-order polynomial,
@@ -172,7 +176,10 @@ def _source_window(
         return Window(x0, y0, x1 - x0, y1 - y0), 1.0
     ratio = float(min(np.nanmedian(dx), np.nanmedian(dy)))
     factor = float(np.floor(ratio)) if ratio >= 2.0 else 1.0
-    return Window(x0, y0, x1 - x0, y1 - y0), factor
+    # a far-flung mapping (a homography near its horizon) can stretch one output block
+    # over the whole raster: decimate further so the read stays bounded
+    bound = float(np.ceil(np.sqrt((x1 - x0) * (y1 - y0) / (MAX_READ_RATIO * rows * cols))))
+    return Window(x0, y0, x1 - x0, y1 - y0), max(factor, bound)
 
 
 def _read_window(
