@@ -85,10 +85,7 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
                      max_tiles: int, max_offset: float | None, ransac_threshold: float,
                      min_inliers: int, max_error: float | None = None, rotation_search: bool | None = None,
                      flip: bool = False, target_error: float = RegisterOptions.target_error_px) -> RegisterOptions:
-    """RegisterOptions from command-line values, with the checks the library leaves to the CLI."""
-    for flag, value in (("--ref-modality", ref_modality), ("--mov-modality", mov_modality)):
-        if value is not None and value not in MODALITIES:
-            raise UsageError(f"{flag} {value!r}: choose one of {', '.join(MODALITIES)}")
+    """RegisterOptions from command-line values (it validates them itself)."""
     return RegisterOptions(
         ref_band=ref_band, mov_band=mov_band, matcher=matcher, weights=weights, device=device, model=model,
         tile_size=tile_size, tile_overlap=tile_overlap, max_tiles=max_tiles, max_offset_px=max_offset,

@@ -14,6 +14,7 @@ from rasterio.enums import Resampling
 from dmreg.errors import UsageError
 from dmreg.estimate.models import KINDS
 from dmreg.io.sampling import SUPPORTED_RESAMPLING
+from dmreg.matchers.base import MODALITIES
 from dmreg.output import FORMATS, GRIDS
 
 MODEL_CHOICES = ("auto", *KINDS, "local")
@@ -67,6 +68,9 @@ class RegisterOptions:
             raise UsageError("--target-error must be zero or positive")
         if self.max_error_px is not None and not self.max_error_px > 0:
             raise UsageError("--max-error must be positive")
+        for flag, value in (("--ref-modality", self.ref_modality), ("--mov-modality", self.mov_modality)):
+            if value is not None and value not in MODALITIES:
+                raise UsageError(f"{flag} {value!r}: choose one of {', '.join(MODALITIES)}")
         if self.flip and self.rotation_search is False:
             raise UsageError("--flip is part of the rotation search: it cannot be combined with --no-rotation-search")
 
