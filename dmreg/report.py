@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.warp import transform as warp_transform
+
 
 from dmreg import __version__
 from dmreg.errors import DmregError
@@ -12,6 +16,8 @@ from dmreg.estimate.uncertainty import finite_or_none
 from dmreg.geometry.mapping import CHECK_GRID_SIZE, apply_affine, check_points
 from dmreg.io.raster import RasterInfo
 from dmreg.output import pixel_matrix
+
+WGS84 = CRS.from_epsg(4326)  # RFC 7946: GeoJSON coordinates are WGS 84 longitude, latitude
 
 if TYPE_CHECKING:
     from dmreg.result import RegistrationResult
@@ -105,28 +111,39 @@ def build_failure_report(ref_path: str, mov_path: str, error: DmregError,
 
 
 def tie_points_geojson(result: RegistrationResult) -> dict:
-    """Every match as a point at its reference location (reference CRS, or reference
-    pixels when not georeferenced), with residual and inlier flag."""
+    """Every match as a point at its reference location, with residual and inlier flag.
+
+    RFC 7946 GeoJSON: geometry in WGS 84 longitude/latitude (no ``crs`` member), the
+    reference CRS coordinates as ``map_x``/``map_y`` properties and the CRS itself in
+    ``map_crs``. A pixel-space pair has no geography: its points are reference pixels,
+    which the collection says in ``coordinates: "reference pixels"`` (a foreign member)."""
     m = result.matches
     residual = result.residuals_px()
     inlier = result.selected.inliers
     mx, my = apply_affine(result.ref.transform, m.ref_px[:, 0], m.ref_px[:, 1])
-    features = []
-    for i in range(len(m)):
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Point", "coordinates": [float(mx[i]), float(my[i])]},
-            "properties": {
-                "ref_x": float(m.ref_px[i, 0]), "ref_y": float(m.ref_px[i, 1]),
-                "mov_x": float(m.mov_px[i, 0]), "mov_y": float(m.mov_px[i, 1]),
-                "residual_px": float(residual[i]), "inlier": bool(inlier[i]),
-                "confidence": float(m.confidence[i]), "tile": int(m.tile[i]),
-            },
-        })
-    collection = {"type": "FeatureCollection", "features": features}
     crs = _crs_string(result.ref)
     if crs:
-        collection["crs"] = {"type": "name", "properties": {"name": crs}}
+        lon, lat = (np.asarray(v) for v in warp_transform(result.ref.crs, WGS84, mx.ravel(), my.ravel()))
+    else:
+        lon, lat = mx, my
+    features = []
+    for i in range(len(m)):
+        properties = {
+            "ref_x": float(m.ref_px[i, 0]), "ref_y": float(m.ref_px[i, 1]),
+            "mov_x": float(m.mov_px[i, 0]), "mov_y": float(m.mov_px[i, 1]),
+            "residual_px": float(residual[i]), "inlier": bool(inlier[i]),
+            "confidence": float(m.confidence[i]), "tile": int(m.tile[i]),
+        }
+        if crs:
+            properties.update(map_x=float(mx[i]), map_y=float(my[i]))
+        features.append({"type": "Feature",
+                         "geometry": {"type": "Point", "coordinates": [round(float(lon[i]), 9), round(float(lat[i]), 9)]},
+                         "properties": properties})
+    collection: dict = {"type": "FeatureCollection", "features": features}
+    if crs:
+        collection["map_crs"] = crs
+    else:
+        collection["coordinates"] = "reference pixels"
     return collection
 
 

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import rasterio
+from rasterio.warp import transform as warp_transform
 from typer.testing import CliRunner
 
 from dmreg.pipeline import OutputOptions, RegisterOptions, register
@@ -228,15 +229,22 @@ def test_tiepoints_geojson(full_run):
     assert gj["type"] == "FeatureCollection"
     features = gj["features"]
     assert len(features) == report["quality"]["matches"] > 0
+    assert "crs" not in gj, "RFC 7946 drops the crs member: coordinates are WGS 84"
     with rasterio.open(full_run["ref"]) as ref:
         left, bottom, right, top = ref.bounds
+        assert gj["map_crs"] == f"EPSG:{ref.crs.to_epsg()}"
+        ref_crs = ref.crs
+    lon, lat = np.array([f["geometry"]["coordinates"] for f in features]).T
+    assert np.all((-180 <= lon) & (lon <= 180) & (-90 <= lat) & (lat <= 90))
+    back_x, back_y = warp_transform("EPSG:4326", ref_crs, lon, lat)
     n_inliers = 0
-    for f in features:
+    for i, f in enumerate(features):
         assert f["type"] == "Feature"
         assert f["geometry"]["type"] == "Point"
-        x, y = f["geometry"]["coordinates"]
-        assert left <= x <= right and bottom <= y <= top, "tie points lie on the reference, in its CRS"
         props = f["properties"]
+        x, y = props["map_x"], props["map_y"]
+        assert left <= x <= right and bottom <= y <= top, "tie points lie on the reference, in its CRS"
+        assert abs(back_x[i] - x) < 0.01 and abs(back_y[i] - y) < 0.01, "longitude/latitude are the same point"
         assert isinstance(props["inlier"], bool)
         assert isinstance(props["residual_px"], float) and math.isfinite(props["residual_px"])
         assert props["residual_px"] >= 0

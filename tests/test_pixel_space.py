@@ -83,6 +83,6 @@ def test_cli_registers_plain_images_and_writes_without_crs(plain_pair, tmp_path)
     assert err < 0.5 * one_px, f"{err:.2f} DN off; a 1 px shift gives {one_px:.2f}"
     # tie points are in reference pixels, with no CRS member
     gj = read_json(tie)
-    assert "crs" not in gj
+    assert "crs" not in gj and gj["coordinates"] == "reference pixels" and "map_crs" not in gj
     xy = np.array([f["geometry"]["coordinates"] for f in gj["features"]])
     assert len(xy) and (xy >= 0).all() and (xy <= SIZE).all()
