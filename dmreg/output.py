@@ -12,7 +12,7 @@ from rasterio.control import GroundControlPoint
 from rasterio.enums import Resampling
 
 from dmreg.io.raster import open_raster
-from dmreg.geometry.mapping import apply_affine
+from dmreg.geometry.mapping import apply_affine, corrected_pixel_matrix
 from dmreg.io.cog import INTERMEDIATE_OPTIONS, copy_as_cog, intermediate_geotiff
 from dmreg.io.writing import check_output, gdal_can_warp, write_copy, write_resampled, write_warped
 
@@ -101,9 +101,8 @@ def corrected_georeferencing(result: RegistrationResult) -> tuple[Affine | None,
     the other models; GDAL warps them with a polynomial or, for the local model, a
     thin-plate spline (``gdalwarp -tps``).
     """
-    matrix = pixel_matrix(result)
-    if result.correction.kind in AFFINE_KINDS and result.georef.same_crs and matrix is not None:
-        m = np.asarray(matrix)
+    m = corrected_pixel_matrix(result.georef, result.correction.matrix)
+    if result.correction.kind in AFFINE_KINDS and m is not None:
         return result.ref.transform @ Affine(*m[0], *m[1]), None
     n = LOCAL_GCP_GRID if result.correction.kind == "local" else GCP_GRID
     xs, ys = np.meshgrid(np.linspace(0, result.mov.width, n), np.linspace(0, result.mov.height, n))
@@ -112,13 +111,3 @@ def corrected_georeferencing(result: RegistrationResult) -> tuple[Affine | None,
     gcps = [GroundControlPoint(row=float(r), col=float(c), x=float(x), y=float(y), id=str(i))
             for i, (c, r, x, y) in enumerate(zip(xs.ravel(), ys.ravel(), mx, my))]
     return None, gcps
-
-
-def pixel_matrix(result: RegistrationResult) -> list[list[float]] | None:
-    """Moving pixel -> reference pixel as a 3x3 matrix, when the mapping is one."""
-    georef = result.georef.affine
-    if result.correction.matrix is None or georef is None:
-        return None
-    g = np.array([[georef.a, georef.b, georef.c], [georef.d, georef.e, georef.f], [0, 0, 1.0]])
-    m = result.correction.matrix @ g
-    return (m / m[2, 2]).tolist()

@@ -13,9 +13,8 @@ from rasterio.warp import transform as warp_transform
 from dmreg import __version__
 from dmreg.errors import DmregError
 from dmreg.estimate.uncertainty import finite_or_none
-from dmreg.geometry.mapping import CHECK_GRID_SIZE, apply_affine, check_points
+from dmreg.geometry.mapping import CHECK_GRID_SIZE, apply_affine, check_points, corrected_pixel_matrix
 from dmreg.io.raster import RasterInfo
-from dmreg.output import pixel_matrix
 
 WGS84 = CRS.from_epsg(4326)  # RFC 7946: GeoJSON coordinates are WGS 84 longitude, latitude
 
@@ -47,7 +46,7 @@ def check_grid(result: RegistrationResult, n: int = CHECK_GRID_SIZE) -> list[lis
 def build_report(result: RegistrationResult, ref_path: str, mov_path: str, status: str = "ok",
                  flag: str | None = None) -> dict:
     """The report of an estimate: "ok", or "flagged" with the reason it is not trusted."""
-    matrix = pixel_matrix(result)
+    matrix = corrected_pixel_matrix(result.georef, result.correction.matrix)
     sel = result.selected
     flagged = {"flag": flag} if flag else {}
     return {
@@ -60,7 +59,7 @@ def build_report(result: RegistrationResult, ref_path: str, mov_path: str, statu
         "matcher": result.matcher,
         "model": {
             "type": sel.kind,
-            "pixel_matrix": matrix,
+            "pixel_matrix": matrix.tolist() if matrix is not None else None,
             "check_grid": check_grid(result),
             "correction": sel.transform.as_dict(),
             "same_crs": result.georef.same_crs,

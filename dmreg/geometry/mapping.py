@@ -69,6 +69,16 @@ class GeorefMapping:
         return px.reshape(x.shape), py.reshape(y.shape)
 
 
+def corrected_pixel_matrix(georef: GeorefMapping, correction: np.ndarray | None) -> np.ndarray | None:
+    """Moving pixel -> reference pixel as one 3 x 3 matrix, the correction after the
+    georeferencing: None unless both are matrices (a model with a matrix, one CRS)."""
+    g = georef.affine
+    if correction is None or g is None:
+        return None
+    m = correction @ np.array([[g.a, g.b, g.c], [g.d, g.e, g.f], [0.0, 0.0, 1.0]])
+    return m / m[2, 2]
+
+
 @dataclass(frozen=True)
 class CorrectedMapping:
     """Moving pixel -> reference pixel after correction: ``correction(georef(p))``."""
