@@ -105,16 +105,8 @@ def floor_child(ref_path: str, mov_path: str, out_path: str, threads: int) -> in
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
-    try:
-        from dmreg.io.writing import creation_profile
-        source = "dmreg.io.writing.creation_profile"
-    except Exception as exc:  # dmreg mid-edit: fall back to its documented defaults, and say so
-        source = f"fallback (import failed: {exc!r})"
-
-        def creation_profile(dtype: str, overrides: dict) -> dict:
-            kind = np.dtype(dtype).kind
-            return {"tiled": "YES", "blockxsize": "512", "blockysize": "512", "compress": "DEFLATE",
-                    "bigtiff": "IF_SAFER", "predictor": "3" if kind == "f" else "2" if kind in "iu" else "1"}
+    from dmreg.io.writing import creation_profile
+    source = "dmreg.io.writing.creation_profile"
     t_import = time.perf_counter() - t0
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         t1 = time.perf_counter()
@@ -155,11 +147,8 @@ def git_commit() -> str | None:
 
 
 def thread_count() -> int:
-    try:
-        from dmreg.runtime import thread_count as dmreg_threads
-        return dmreg_threads()
-    except Exception:  # dmreg mid-edit
-        return max(1, len(os.sched_getaffinity(0)))
+    from dmreg.runtime import thread_count as dmreg_threads
+    return dmreg_threads()
 
 
 def truth_identity(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

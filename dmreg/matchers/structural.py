@@ -52,11 +52,14 @@ class StructuralMatcher:
             return list(pool.map(self._match_pair, pairs))
 
     def _match_pair(self, pair: TilePair, threads: int = 1) -> TileMatches:
+        if threads <= 1:
+            return self._match_descriptors(pair, oriented_gradients(pair.ref, pair.ref_valid),
+                                           oriented_gradients(pair.mov, pair.mov_valid), None)
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="structural-pair") as pool:
             ref_job = pool.submit(oriented_gradients, pair.ref, pair.ref_valid)  # planes (n, H, W)
             mov_d = oriented_gradients(pair.mov, pair.mov_valid)
             ref_d = ref_job.result()
-            return self._match_descriptors(pair, ref_d, mov_d, _Split(pool, threads) if threads > 1 else None)
+            return self._match_descriptors(pair, ref_d, mov_d, _Split(pool, threads))
 
     def _match_descriptors(self, pair: TilePair, ref_d: np.ndarray, mov_d: np.ndarray,
                            split: _Split | None) -> TileMatches:
