@@ -116,20 +116,25 @@ class TileBudget:
         self.stopped = False
         self.ce90_px = math.inf
 
+    @property
+    def due(self) -> bool:
+        """Whether enough tiles have been read since the last check for another one."""
+        return self.tiles_read >= self.next_check
+
     def enough(self, matches: Correspondences) -> bool:
-        if self.tiles_read < self.next_check:
-            return False
+        """Check the matches so far (call when :attr:`due`)."""
         self.next_check = math.ceil(self.tiles_read * self.GROWTH)
         t = time.perf_counter()
-        fitted = fit_all(matches.pred_px, matches.ref_px, self.threshold, kinds=(self.kind,),
-                         weights=matches.confidence, seed=self.options.seed,
-                         search_radius=self.search_radius).get(self.kind)
-        if fitted is None or not fitted.meaningful or fitted.n_inliers < self.options.min_inliers:
+        try:
+            fitted = fit_all(matches.pred_px, matches.ref_px, self.threshold, kinds=(self.kind,),
+                             weights=matches.confidence, seed=self.options.seed,
+                             search_radius=self.search_radius).get(self.kind)
+            if fitted is None or not fitted.meaningful or fitted.n_inliers < self.options.min_inliers:
+                return False
+            self.ce90_px = bootstrap_uncertainty(fitted.transform, matches.pred_px, matches.ref_px,
+                                                 fitted.inliers, matches.tile, self.at, seed=self.options.seed).ce90_px
+        finally:
             self.timings["fit"] += time.perf_counter() - t
-            return False
-        self.ce90_px = bootstrap_uncertainty(fitted.transform, matches.pred_px, matches.ref_px, fitted.inliers,
-                                             matches.tile, self.at, seed=self.options.seed).ce90_px
-        self.timings["fit"] += time.perf_counter() - t
         log.debug("%d tiles read: %s model, predicted CE90 %.4f px (target %.4f)", self.tiles_read, self.kind,
                   self.ce90_px, self.target_px)
         self.stopped = self.ce90_px <= self.target_px
@@ -179,9 +184,9 @@ def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, in
             budget.tiles_read = done
             if pair is not None:
                 batch.append((index, pair))
-            if len(batch) >= reader.options.batch_size or (batch and done >= budget.next_check):
+            if len(batch) >= reader.options.batch_size or (batch and budget.due):
                 flush()
-                if parts and budget.enough(Correspondences.concatenate(parts)):
+                if parts and budget.due and budget.enough(Correspondences.concatenate(parts)):
                     break
             if progress:
                 progress(done, len(tiles))
