@@ -8,6 +8,7 @@ import typer
 from rasterio.enums import Resampling
 
 from dmreg.errors import UsageError
+from dmreg.io.sar import SAR_SCALES
 from dmreg.matchers import MATCHERS, MODALITIES
 from dmreg.pipeline import MODEL_CHOICES, OutputOptions, RegisterOptions
 
@@ -32,6 +33,9 @@ RefBand = Annotated[int, typer.Option("--ref-band", help="Reference band used fo
 MovBand = Annotated[int, typer.Option("--mov-band", help="Moving band used for matching (1-based).")]
 RefModality = Annotated[str | None, typer.Option("--ref-modality", help=f"Hint: {', '.join(MODALITIES)}.")]
 MovModality = Annotated[str | None, typer.Option("--mov-modality", help=f"Hint: {', '.join(MODALITIES)}.")]
+SarScale = Annotated[str, typer.Option("--sar-scale", help=(
+    f"Scale SAR rasters (complex ones, or those hinted --*-modality sar) are matched in: {', '.join(SAR_SCALES)}. "
+    "Complex data is multilooked (intensity averaged) before decimation; linear and dB products look alike in db."))]
 TileSize = Annotated[int, typer.Option("--tile-size", help="Tile side in pixels.")]
 TileOverlap = Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in pixels.")]
 MaxTiles = Annotated[int, typer.Option("--max-tiles", help="Most tiles matched (evenly spread).")]
@@ -62,11 +66,13 @@ OutputFormat = Annotated[str, typer.Option(
     "driver's options, e.g. --co COMPRESS=ZSTD).")]
 NoResample = Annotated[bool, typer.Option(
     "--no-resample", help="Copy pixels untouched with corrected georeferencing (geotransform or GCPs).")]
-ResamplingName = Annotated[str, typer.Option("--resampling", help="nearest, bilinear, cubic or lanczos.")]
+ResamplingName = Annotated[str, typer.Option("--resampling", help=(
+    "auto (nearest for class rasters: paletted or thematic bands; bilinear otherwise), nearest, bilinear, cubic "
+    "or lanczos."))]
 DstNodata = Annotated[float | None, typer.Option(
     "--dst-nodata", help="Nodata value of the output (default: the moving raster's, else 0 / NaN).")]
 
-RESAMPLING_NAMES = ("nearest", "bilinear", "cubic", "lanczos")
+RESAMPLING_NAMES = ("auto", "nearest", "bilinear", "cubic", "lanczos")
 
 
 def parse_creation_options(items: list[str] | None) -> dict[str, str]:
@@ -84,14 +90,15 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
                      ref_modality: str | None, mov_modality: str | None, tile_size: int, tile_overlap: int,
                      max_tiles: int, max_offset: float | None, ransac_threshold: float,
                      min_inliers: int, max_error: float | None = None, rotation_search: bool | None = None,
-                     flip: bool = False, target_error: float = RegisterOptions.target_error_px) -> RegisterOptions:
+                     flip: bool = False, target_error: float = RegisterOptions.target_error_px,
+                     sar_scale: str = RegisterOptions.sar_scale) -> RegisterOptions:
     """RegisterOptions from command-line values (it validates them itself)."""
     return RegisterOptions(
         ref_band=ref_band, mov_band=mov_band, matcher=matcher, weights=weights, device=device, model=model,
         tile_size=tile_size, tile_overlap=tile_overlap, max_tiles=max_tiles, max_offset_px=max_offset,
         ransac_threshold_px=ransac_threshold, min_inliers=min_inliers,
         ref_modality=ref_modality, mov_modality=mov_modality, max_error_px=max_error,
-        rotation_search=rotation_search, flip=flip, target_error_px=target_error,
+        rotation_search=rotation_search, flip=flip, target_error_px=target_error, sar_scale=sar_scale,
     )
 
 
@@ -105,5 +112,5 @@ def output_options(*, grid: str, no_resample: bool, resampling: str, dst_nodata:
         raise UsageError(f"unknown resampling {resampling!r}; choose {', '.join(RESAMPLING_NAMES)}")
     return OutputOptions(raster=raster, report=report, tiepoints=tiepoints, grid=grid, driver=driver,
                          resample=not no_resample,
-                         resampling=Resampling[resampling], nodata=dst_nodata,
+                         resampling=None if resampling == "auto" else Resampling[resampling], nodata=dst_nodata,
                          creation_options=parse_creation_options(co), overwrite=overwrite)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .console import configure_logging, exit_codes, stderr
 from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, OutputFormat, MatcherName, MaxError, MaxOffset,
-                      MaxTiles, MinInliers, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet,
+                      MaxTiles, MinInliers, SarScale, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet,
                       RansacThreshold, RefBand, RefModality, ResamplingName, TargetError, Threads, TileOverlap,
                       TileSize, Verbose, Weights, output_options, register_options)
 from dmreg.errors import UsageError
@@ -38,6 +38,7 @@ def register_command(
     mov_band: MovBand = 1,
     ref_modality: RefModality = None,
     mov_modality: MovModality = None,
+    sar_scale: SarScale = RegisterOptions.sar_scale,
     tile_size: TileSize = 512,
     tile_overlap: TileOverlap = 32,
     max_tiles: MaxTiles = 100,
@@ -51,7 +52,7 @@ def register_command(
     grid: GridName = "reference",
     of: OutputFormat = "GTiff",
     no_resample: NoResample = False,
-    resampling: ResamplingName = "bilinear",
+    resampling: ResamplingName = "auto",
     dst_nodata: DstNodata = None,
     co: CreationOptions = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", "--estimate-only", help="Estimate and report; write no raster.")] = False,
@@ -76,7 +77,7 @@ def register_command(
         options = register_options(
             matcher=matcher, weights=weights, device=device, model=model, ref_band=ref_band, mov_band=mov_band,
             ref_modality=ref_modality, mov_modality=mov_modality, tile_size=tile_size, tile_overlap=tile_overlap,
-            max_tiles=max_tiles, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
+            max_tiles=max_tiles, sar_scale=sar_scale, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
             max_error=max_error, rotation_search=rotation_search, flip=flip, target_error=target_error,
         )
         set_thread_count(threads)

@@ -21,6 +21,7 @@ from dmreg.estimate.selection import choose_model
 from dmreg.geometry.mapping import GeorefMapping, check_points
 from dmreg.geometry.tiling import Grid, grid_over
 from dmreg.io.sampling import normalise_contrast, sample_onto_grid
+from dmreg.io.sar import View, sar_view
 from dmreg.matchers import Matcher, TilePair
 from dmreg.matchers.structure import gradient_energy
 from dmreg.options import RegisterOptions
@@ -46,6 +47,8 @@ class TileReader:
 
     def __init__(self, ref_ds, mov_ds, options: RegisterOptions, timings: dict[str, float], pool: Executor):
         self.ref_ds, self.mov_ds, self.options, self.timings, self.pool = ref_ds, mov_ds, options, timings, pool
+        self.ref_view = sar_view(ref_ds, options.ref_band, options.ref_modality, options.sar_scale)
+        self.mov_view = sar_view(mov_ds, options.mov_band, options.mov_modality, options.sar_scale)
 
     def pair(self, grid: Grid, mov_coords, max_offset: float) -> TilePair | None:
         t = time.perf_counter()
@@ -58,12 +61,16 @@ class TileReader:
         ok = ref_ok & mov_ok
         if ok.mean() < self.options.min_valid_fraction:
             return None
-        ref_img = normalise_contrast(ref_v[0], ref_ok)
-        mov_img = normalise_contrast(mov_v[0], mov_ok)
+        ref_img = normalise_contrast(_seen(self.ref_view, ref_v[0], ref_ok), ref_ok)
+        mov_img = normalise_contrast(_seen(self.mov_view, mov_v[0], mov_ok), mov_ok)
         if min(gradient_energy(ref_img)[ok].mean(), gradient_energy(mov_img)[ok].mean()) < self.options.min_texture:
             return None
         return TilePair(ref_img, mov_img, ref_ok, mov_ok, max_offset=max_offset,
                         ref_modality=self.options.ref_modality, mov_modality=self.options.mov_modality)
+
+
+def _seen(view: View | None, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return values if view is None else view(values, valid)
 
 
 def default_max_offset(grid: Grid) -> float:

@@ -14,6 +14,7 @@ from rasterio.enums import Resampling
 from dmreg.errors import UsageError
 from dmreg.estimate.models import KINDS
 from dmreg.io.sampling import SUPPORTED_RESAMPLING
+from dmreg.io.sar import SAR_SCALES
 from dmreg.matchers.base import MODALITIES
 from dmreg.output import FORMATS, GRIDS
 
@@ -48,6 +49,7 @@ class RegisterOptions:
                                       # peak estimates are unbiased only near zero offset
     ref_modality: str | None = None
     mov_modality: str | None = None
+    sar_scale: str = SAR_SCALES[0]    # the scale SAR rasters (complex, or hinted sar) are matched in
     max_error_px: float | None = None  # predicted CE90 above this: flagged (FlaggedError), nothing written
     rotation_search: bool | None = None  # None: on for pixel-space pairs, off for georeferenced ones
     flip: bool = False                # rotation search also tries the mirrored image
@@ -71,6 +73,8 @@ class RegisterOptions:
         for flag, value in (("--ref-modality", self.ref_modality), ("--mov-modality", self.mov_modality)):
             if value is not None and value not in MODALITIES:
                 raise UsageError(f"{flag} {value!r}: choose one of {', '.join(MODALITIES)}")
+        if self.sar_scale not in SAR_SCALES:
+            raise UsageError(f"--sar-scale {self.sar_scale!r}: choose one of {', '.join(SAR_SCALES)}")
         if self.flip and self.rotation_search is False:
             raise UsageError("--flip is part of the rotation search: it cannot be combined with --no-rotation-search")
 
@@ -85,7 +89,7 @@ class OutputOptions:
     grid: str = "reference"
     driver: str = "GTiff"             # GTiff, or COG (cloud-optimised, with overviews)
     resample: bool = True
-    resampling: Resampling = Resampling.bilinear
+    resampling: Resampling | None = None  # None: nearest for class codes (paletted, thematic), else bilinear
     nodata: float | None = None
     creation_options: dict[str, str] = field(default_factory=dict)
     overwrite: bool = False
@@ -96,7 +100,7 @@ class OutputOptions:
             raise UsageError(f"unknown grid {self.grid!r}; choose one of: {', '.join(GRIDS)}")
         if self.driver not in FORMATS:
             raise UsageError(f"unknown output format {self.driver!r}; choose one of: {', '.join(FORMATS)}")
-        if self.resampling not in SUPPORTED_RESAMPLING:
+        if self.resampling is not None and self.resampling not in SUPPORTED_RESAMPLING:
             names = ", ".join(r.name for r in SUPPORTED_RESAMPLING)
             raise UsageError(f"resampling {self.resampling.name} is not supported; choose one of: {names}")
         paths = [p for p in (self.raster, self.report, self.tiepoints) if p]

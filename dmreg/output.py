@@ -11,6 +11,7 @@ from affine import Affine
 from rasterio.control import GroundControlPoint
 from rasterio.enums import Resampling
 
+from dmreg.io.band_metadata import output_resampling
 from dmreg.io.raster import open_raster
 from dmreg.geometry.mapping import apply_affine, corrected_pixel_matrix
 from dmreg.io.cog import INTERMEDIATE_OPTIONS, copy_as_cog, intermediate_geotiff
@@ -27,7 +28,7 @@ LOCAL_GCP_GRID = 40   # the local model varies over tens of pixels: GDAL's thin-
 
 
 def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "reference",
-                  resample: bool = True, resampling: Resampling = Resampling.bilinear,
+                  resample: bool = True, resampling: Resampling | None = None,
                   nodata: float | None = None, creation_options: dict[str, str] | None = None,
                   overwrite: bool = False, driver: str = "GTiff") -> None:
     """Write the co-registered moving raster (all bands) to ``path``.
@@ -37,7 +38,7 @@ def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "
     ``resample=False``: pixels copied untouched, georeferencing replaced by the corrected
     geotransform (affine-family models, same CRS) or by GCPs (other models).
     ``driver="COG"``: a cloud-optimised GeoTIFF with overviews (``creation_options`` are
-    then the COG driver's).
+    then the COG driver's). ``resampling=None``: nearest for class codes, else bilinear.
     """
     if driver == "COG":
         check_output(path, overwrite)
@@ -54,6 +55,7 @@ def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "
             write_copy(src, path, crs=ref.crs, transform=transform, gcps=gcps,
                        creation_options=co, overwrite=overwrite)
             return
+        resampling = output_resampling(src, resampling)
         fill = nodata if nodata is not None else mov.nodata
         warp_transform = _gdal_warp_transform(result, grid) if gdal_can_warp(src) else None
         if warp_transform is not None:

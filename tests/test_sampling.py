@@ -232,8 +232,8 @@ def test_a_block_stretched_over_the_whole_raster_reads_a_bounded_window(float_ra
     shapes = []
     real_read = sampling._read_window
     monkeypatch.setattr(sampling, "_read_window",
-                        lambda ds, bands, window, out_shape: shapes.append(out_shape) or real_read(ds, bands, window,
-                                                                                                   out_shape))
+                        lambda ds, bands, window, out_shape, **kw: shapes.append(out_shape)
+                        or real_read(ds, bands, window, out_shape, **kw))
 
     def far_flung(x, y):
         x, y = np.asarray(x, float), np.asarray(y, float)

@@ -21,7 +21,8 @@ NOT_RESULTS = ("device", "batch_size")  # where and how fast, not what comes out
 def batch_key(options: RegisterOptions, outputs: OutputOptions, reference: str | None, moving: str) -> dict:
     """The options' hash and each input's identity (size, modification time, header hash)."""
     steer = {k: v for k, v in dataclasses.asdict(options).items() if k not in NOT_RESULTS}
-    write = {"grid": outputs.grid, "resample": outputs.resample, "resampling": outputs.resampling.name,
+    resampling = outputs.resampling.name if outputs.resampling else "auto"
+    write = {"grid": outputs.grid, "resample": outputs.resample, "resampling": resampling,
              "nodata": outputs.nodata, "creation_options": outputs.creation_options}
     text = json.dumps({"register": steer, "write": write}, sort_keys=True, default=str)
     return {"options_sha256": hashlib.sha256(text.encode()).hexdigest(),

@@ -13,6 +13,8 @@ import numpy as np
 
 KINDS = ("translation", "similarity", "affine", "homography", "polynomial2")
 MIN_SAMPLES = {"translation": 1, "similarity": 2, "affine": 3, "homography": 4, "polynomial2": 6}
+INVERSE_TOLERANCE_PX = 1e-3
+"""A polynomial inverse whose image misses the target by more than this has not converged."""
 N_PARAMS = {"translation": 2, "similarity": 4, "affine": 6, "homography": 8, "polynomial2": 12}
 
 
@@ -34,6 +36,8 @@ class Transform:
         if self.matrix is not None:
             m = self.matrix
             w = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+            if m[2, 0] or m[2, 1]:  # a homography: points past its horizon have no image
+                w = np.where(w * m[2, 2] > 0, w, np.nan)
             return (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / w, (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / w
         terms = _poly_terms(*self._normalise(x, y))
         return np.tensordot(self.poly[0], terms, 1), np.tensordot(self.poly[1], terms, 1)
@@ -42,7 +46,8 @@ class Transform:
         x = np.asarray(x, np.float64)
         y = np.asarray(y, np.float64)
         if self.matrix is not None:
-            return Transform(self.kind, matrix=np.linalg.inv(self.matrix)).apply(x, y)
+            inverse = np.linalg.inv(self.matrix)
+            return Transform(self.kind, matrix=inverse / inverse[2, 2]).apply(x, y)
         return self._poly_inverse(x, y)
 
     def as_dict(self) -> dict:
@@ -56,7 +61,9 @@ class Transform:
 
     def _poly_inverse(self, x: np.ndarray, y: np.ndarray, iterations: int = 8) -> tuple[np.ndarray, np.ndarray]:
         """Newton's method from the inverse of the linear part: a polynomial2 correction is
-        a gentle warp, so this converges to machine precision in a few steps."""
+        a gentle warp, so this converges to machine precision in a few steps. Far from the
+        data a quadratic can fold over itself: where the last step still misses by more
+        than ``INVERSE_TOLERANCE_PX`` there is no inverse, and the answer is NaN."""
         c = self.poly
         s = self.spread
         lin = np.array([[c[0, 1], c[0, 2]], [c[1, 1], c[1, 2]]]) / s
@@ -77,7 +84,9 @@ class Transform:
             det = j00 * j11 - j01 * j10
             u = u - (j11 * ex - j01 * ey) / det
             v = v - (-j10 * ex + j00 * ey) / det
-        return u, v
+        fx, fy = self.apply(u, v)
+        missed = ~(np.hypot(fx - x, fy - y) <= INVERSE_TOLERANCE_PX)
+        return np.where(missed, np.nan, u), np.where(missed, np.nan, v)
 
 
 def fit(kind: str, src: np.ndarray, dst: np.ndarray) -> Transform:

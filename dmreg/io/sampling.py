@@ -19,6 +19,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from dmreg.errors import InputError
+from dmreg.io.sar import is_complex, multilooked_amplitude
 
 CoordFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """Maps output pixel coordinates (x, y) to source pixel coordinates (x, y), vectorised."""
@@ -36,6 +37,9 @@ MAX_READ_RATIO = 16
 """A read never holds more than this many source pixels per output pixel: memory stays
 bounded by the output block whatever the mapping."""
 
+MARGIN_PX = 3
+"""Pixels (of the read, after decimation) read beyond the grid's footprint on each side."""
+
 LATTICE_STEP = 16
 """Source coordinates are computed exactly on a lattice of this step and bilinearly
 interpolated between: the mappings used (affine, homography, 2nd-order polynomial,
@@ -52,8 +56,8 @@ def sample_onto_grid(
     """Resample ``bands`` of ``ds`` onto an output grid of ``shape`` (rows, cols).
 
     Returns ``(values, valid)``: float32 values of shape (len(bands), rows, cols), complex
-    bands as amplitude, and a boolean mask that is False outside the raster, on nodata,
-    on masked or non-finite pixels and next to them.
+    bands as amplitude (multilooked where decimated), and a boolean mask that is False
+    outside the raster, on nodata, on masked or non-finite pixels and next to them.
     """
     if resampling not in _CV2_INTERPOLATION:
         raise ValueError(f"resampling {resampling.name} is not supported")
@@ -67,7 +71,7 @@ def sample_onto_grid(
         return out, valid
     dec_h = max(1, int(np.ceil(window.height / factor)))
     dec_w = max(1, int(np.ceil(window.width / factor)))
-    src, src_valid = _read_window(ds, bands, window, (dec_h, dec_w))
+    src, src_valid = _read_window(ds, bands, window, (dec_h, dec_w), averaged=resampling != Resampling.nearest)
 
     # pixel-corner source coordinates -> cv2 pixel-centre coordinates in the decimated window
     map_x = ((sx - window.col_off) * (dec_w / window.width) - 0.5).astype(np.float32)
@@ -153,44 +157,58 @@ def _source_window(
 ) -> tuple[Window | None, float]:
     """The dataset window covering the source coordinates, and the decimation factor.
     Non-finite coordinates (a mapping that has no answer there, e.g. an inverse that did
-    not converge) are left out: those output pixels come out invalid."""
-    margin = 3
+    not converge) are left out: those output pixels come out invalid. The window's
+    margin is ``MARGIN_PX`` decimated pixels, so the interpolation at the grid's edges
+    always has its neighbours, whatever the decimation."""
     finite = np.isfinite(sx) & np.isfinite(sy)
     if not finite.any():
         return None, 1.0
     xs, ys = (sx, sy) if finite.all() else (sx[finite], sy[finite])
-    x0 = max(int(np.floor(xs.min())) - margin, 0)
-    y0 = max(int(np.floor(ys.min())) - margin, 0)
-    x1 = min(int(np.ceil(xs.max())) + margin, ds.width)
-    y1 = min(int(np.ceil(ys.max())) + margin, ds.height)
-    if x1 <= x0 or y1 <= y0:
+    lo_x, lo_y = int(np.floor(xs.min())), int(np.floor(ys.min()))
+    hi_x, hi_y = int(np.ceil(xs.max())), int(np.ceil(ys.max()))
+    if min(hi_x, ds.width) <= max(lo_x, 0) or min(hi_y, ds.height) <= max(lo_y, 0):
         return None, 1.0
-    # source pixels per output pixel, from the local Jacobian (on every 8th row and
-    # column: the mappings are smooth, and the median needs no more)
+    factor = _decimation(sx, sy, cols, rows)
+    # a far-flung mapping (a homography near its horizon) can stretch one output block
+    # over the whole raster: decimate further so the read stays bounded
+    span = (min(hi_x, ds.width) - max(lo_x, 0)) * (min(hi_y, ds.height) - max(lo_y, 0))
+    factor = max(factor, float(np.ceil(np.sqrt(span / (MAX_READ_RATIO * rows * cols)))))
+    margin = int(np.ceil(MARGIN_PX * factor))
+    x0, y0 = max(lo_x - margin, 0), max(lo_y - margin, 0)
+    x1, y1 = min(hi_x + margin, ds.width), min(hi_y + margin, ds.height)
+    return Window(x0, y0, x1 - x0, y1 - y0), factor
+
+
+def _decimation(sx: np.ndarray, sy: np.ndarray, cols: int, rows: int) -> float:
+    """Source pixels per output pixel (whole, at least 1), the median of the local
+    Jacobian on every 8th row and column: the mappings are smooth, and the median needs
+    no more."""
     along_rows, along_cols = (slice(None, None, 8), slice(None)), (slice(None), slice(None, None, 8))
     dx = (np.hypot(np.diff(sx[along_rows], axis=1), np.diff(sy[along_rows], axis=1)) if cols > 1
           else np.ones(1))
     dy = (np.hypot(np.diff(sx[along_cols], axis=0), np.diff(sy[along_cols], axis=0)) if rows > 1
           else np.ones(1))
     if not (np.isfinite(dx).any() and np.isfinite(dy).any()):
-        return Window(x0, y0, x1 - x0, y1 - y0), 1.0
+        return 1.0
     ratio = float(min(np.nanmedian(dx), np.nanmedian(dy)))
-    factor = float(np.floor(ratio)) if ratio >= 2.0 else 1.0
-    # a far-flung mapping (a homography near its horizon) can stretch one output block
-    # over the whole raster: decimate further so the read stays bounded
-    bound = float(np.ceil(np.sqrt((x1 - x0) * (y1 - y0) / (MAX_READ_RATIO * rows * cols))))
-    return Window(x0, y0, x1 - x0, y1 - y0), max(factor, bound)
+    return float(np.floor(ratio)) if ratio >= 2.0 else 1.0
 
 
 def _read_window(
-    ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out_shape: tuple[int, int]
+    ds: rasterio.io.DatasetReader, bands: Sequence[int], window: Window, out_shape: tuple[int, int],
+    averaged: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The window decimated to ``out_shape``: by averaging, unless nearest neighbour was
+    asked for (class codes must not be blended, even when decimated)."""
     decimated = out_shape != (window.height, window.width)
     try:
-        data = ds.read(
-            list(bands), window=window, out_shape=(len(bands), *out_shape),
-            resampling=Resampling.average if decimated else Resampling.nearest,
-        )
+        if decimated and averaged and is_complex(ds):
+            data = multilooked_amplitude(ds, bands, window, out_shape)
+        else:
+            data = ds.read(
+                list(bands), window=window, out_shape=(len(bands), *out_shape),
+                resampling=Resampling.average if decimated and averaged else Resampling.nearest,
+            )
         mask = ds.read_masks(
             bands[0], window=window, out_shape=out_shape, resampling=Resampling.nearest
         )

@@ -21,6 +21,7 @@ from rasterio.warp import reproject
 from rasterio.windows import Window
 
 from dmreg.errors import DmregError, OutputExistsError, OutputWriteError, UsageError
+from dmreg.io.band_metadata import copy_metadata
 from dmreg.io.sampling import CoordFn, sample_onto_grid
 from dmreg.runtime import thread_count
 
@@ -145,7 +146,7 @@ def write_resampled(src: rasterio.io.DatasetReader, dst_path: str | Path, *, dst
                 )
                 values[:, ~valid] = fill
                 dst.write(_cast(values, dtype), window=win)
-        _copy_band_metadata(src, dst)
+        copy_metadata(src, dst, keeps_grid=_is_grid_of(src, dst_crs, dst_transform, dst_size))
 
 
 def gdal_can_warp(src: rasterio.io.DatasetReader) -> bool:
@@ -179,7 +180,7 @@ def write_warped(src: rasterio.io.DatasetReader, dst_path: str | Path, *, dst_cr
                   resampling=resampling, num_threads=thread_count(), warp_mem_limit=WARP_MEMORY_MB,
                   init_dest_nodata=True)
         dst.transform = dst_transform
-        _copy_band_metadata(src, dst)
+        copy_metadata(src, dst, keeps_grid=_is_grid_of(src, dst_crs, dst_transform, dst_size))
 
 
 def write_copy(src: rasterio.io.DatasetReader, dst_path: str | Path, *, crs: CRS | None,
@@ -198,14 +199,13 @@ def write_copy(src: rasterio.io.DatasetReader, dst_path: str | Path, *, crs: CRS
                 dst.write(src.read(window=win), window=win)
         if gcps is not None:  # pixel space: GCPs in reference pixels, with no CRS (rasterio wants an empty one)
             dst.gcps = (gcps, crs if crs is not None else CRS())
-        _copy_band_metadata(src, dst)
+        copy_metadata(src, dst, keeps_grid=gcps is None)
 
 
-def _copy_band_metadata(src: rasterio.io.DatasetReader, dst: rasterio.io.DatasetWriter) -> None:
-    for i in range(1, src.count + 1):
-        if src.descriptions[i - 1]:
-            dst.set_band_description(i, src.descriptions[i - 1])
-    dst.update_tags(**src.tags())
+def _is_grid_of(src: rasterio.io.DatasetReader, crs: CRS | None, transform: Affine, size: tuple[int, int]) -> bool:
+    """Whether the output grid is ``src``'s own (``--grid moving``): only then do the
+    source's grid tags describe it."""
+    return crs == src.crs and transform == src.transform and size == (src.width, src.height)
 
 
 def _fill_value(nodata: float | None, dtype: str) -> float:
