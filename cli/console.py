@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from dmreg.errors import DmregError
 
@@ -33,7 +34,7 @@ def exit_codes(debug: bool) -> Iterator[None]:
     except DmregError as exc:
         if debug:
             stderr.print_exception()
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]")
@@ -42,6 +43,6 @@ def exit_codes(debug: bool) -> Iterator[None]:
         if debug:
             stderr.print_exception()
         else:
-            stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            stderr.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (rerun with --debug for the traceback)",
                          highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -6,7 +6,7 @@ import typer
 
 from .batch import batch_command
 from .evaluate import evaluate_command
-from .models import models_command
+from .models import models_app
 from .register import register_command
 from .report import report_command
 from dmreg import __version__
@@ -21,7 +21,7 @@ app = typer.Typer(
 app.command("register")(register_command)
 app.command("batch")(batch_command)
 app.command("report")(report_command)
-app.command("models")(models_command)
+app.add_typer(models_app, name="models")
 app.command("evaluate")(evaluate_command)
 
 

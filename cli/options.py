@@ -36,6 +36,11 @@ MovModality = Annotated[str | None, typer.Option("--mov-modality", help=f"Hint: 
 SarScale = Annotated[str, typer.Option("--sar-scale", help=(
     f"Scale SAR rasters (complex ones, or those hinted --*-modality sar) are matched in: {', '.join(SAR_SCALES)}. "
     "Complex data is multilooked (intensity averaged) before decimation; linear and dB products look alike in db."))]
+RpcHeight = Annotated[float | None, typer.Option("--rpc-height", help=(
+    "Rasters georeferenced by RPCs: the terrain's height in metres above the ellipsoid (default 0)."))]
+Dem = Annotated[str | None, typer.Option("--dem", help=(
+    "Rasters georeferenced by RPCs: a DEM (any GDAL raster, heights in metres above the ellipsoid) to "
+    "orthorectify them with."))]
 TileSize = Annotated[int, typer.Option("--tile-size", help="Tile side in pixels.")]
 TileOverlap = Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in pixels.")]
 MaxTiles = Annotated[int, typer.Option("--max-tiles", help="Most tiles matched (evenly spread).")]
@@ -91,7 +96,8 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
                      max_tiles: int, max_offset: float | None, ransac_threshold: float,
                      min_inliers: int, max_error: float | None = None, rotation_search: bool | None = None,
                      flip: bool = False, target_error: float = RegisterOptions.target_error_px,
-                     sar_scale: str = RegisterOptions.sar_scale) -> RegisterOptions:
+                     sar_scale: str = RegisterOptions.sar_scale, rpc_height: float | None = None,
+                     dem: str | None = None) -> RegisterOptions:
     """RegisterOptions from command-line values (it validates them itself)."""
     return RegisterOptions(
         ref_band=ref_band, mov_band=mov_band, matcher=matcher, weights=weights, device=device, model=model,
@@ -99,6 +105,7 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
         ransac_threshold_px=ransac_threshold, min_inliers=min_inliers,
         ref_modality=ref_modality, mov_modality=mov_modality, max_error_px=max_error,
         rotation_search=rotation_search, flip=flip, target_error_px=target_error, sar_scale=sar_scale,
+        rpc_height=rpc_height, dem=dem,
     )
 
 

@@ -13,6 +13,7 @@ from rasterio.enums import Resampling
 
 from dmreg.errors import UsageError
 from dmreg.estimate.models import KINDS
+from dmreg.io.raster import is_gdal_path
 from dmreg.io.sampling import SUPPORTED_RESAMPLING
 from dmreg.io.sar import SAR_SCALES
 from dmreg.matchers.base import MODALITIES
@@ -49,6 +50,8 @@ class RegisterOptions:
                                       # peak estimates are unbiased only near zero offset
     ref_modality: str | None = None
     mov_modality: str | None = None
+    rpc_height: float | None = None   # RPC-georeferenced rasters: constant height (m above the ellipsoid), else 0
+    dem: str | None = None            # RPC-georeferenced rasters: a DEM (any GDAL raster) giving the heights
     sar_scale: str = SAR_SCALES[0]    # the scale SAR rasters (complex, or hinted sar) are matched in
     max_error_px: float | None = None  # predicted CE90 above this: flagged (FlaggedError), nothing written
     rotation_search: bool | None = None  # None: on for pixel-space pairs, off for georeferenced ones
@@ -75,6 +78,10 @@ class RegisterOptions:
                 raise UsageError(f"{flag} {value!r}: choose one of {', '.join(MODALITIES)}")
         if self.sar_scale not in SAR_SCALES:
             raise UsageError(f"--sar-scale {self.sar_scale!r}: choose one of {', '.join(SAR_SCALES)}")
+        if self.dem is not None and self.rpc_height is not None:
+            raise UsageError("give --dem or --rpc-height, not both: the DEM gives the heights")
+        if self.dem is not None and not is_gdal_path(self.dem) and not Path(self.dem).is_file():
+            raise UsageError(f"--dem {self.dem}: no such file")
         if self.flip and self.rotation_search is False:
             raise UsageError("--flip is part of the rotation search: it cannot be combined with --no-rotation-search")
 

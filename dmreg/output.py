@@ -12,8 +12,8 @@ from rasterio.control import GroundControlPoint
 from rasterio.enums import Resampling
 
 from dmreg.io.band_metadata import output_resampling
-from dmreg.io.raster import open_raster
-from dmreg.geometry.mapping import apply_affine, corrected_pixel_matrix
+from dmreg.io.raster import RasterInfo, open_raster
+from dmreg.geometry.mapping import corrected_pixel_matrix
 from dmreg.io.cog import INTERMEDIATE_OPTIONS, copy_as_cog, intermediate_geotiff
 from dmreg.io.writing import check_output, gdal_can_warp, write_copy, write_resampled, write_warped
 
@@ -64,16 +64,21 @@ def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "
                          warp_transform=warp_transform, dst_size=(target.width, target.height),
                          resampling=resampling, nodata=fill, creation_options=co, overwrite=overwrite)
         elif grid == "reference":
-            write_resampled(src, path, dst_crs=ref.crs, dst_transform=ref.transform,
-                            dst_size=(ref.width, ref.height), dst_coords=mapping.inverse,
+            write_resampled(src, path, **_grid_of(ref), dst_coords=mapping.inverse,
                             resampling=resampling, nodata=fill, creation_options=co, overwrite=overwrite)
         else:
             def coords(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 return mapping.inverse(*result.georef.apply(x, y))
 
-            write_resampled(src, path, dst_crs=mov.crs, dst_transform=mov.transform,
-                            dst_size=(mov.width, mov.height), dst_coords=coords,
+            write_resampled(src, path, **_grid_of(mov), dst_coords=coords,
                             resampling=resampling, nodata=fill, creation_options=co, overwrite=overwrite)
+
+
+def _grid_of(info: RasterInfo) -> dict:
+    """A raster's grid as the writer takes it: size, CRS, and a geotransform or the GCPs
+    or RPCs it is georeferenced by."""
+    return dict(dst_size=(info.width, info.height), dst_crs=info.crs, dst_transform=info.transform,
+                dst_gcps=info.gcps, dst_rpcs=info.rpcs)
 
 
 def _gdal_warp_transform(result: RegistrationResult, grid: str) -> Affine | None:
@@ -109,7 +114,7 @@ def corrected_georeferencing(result: RegistrationResult) -> tuple[Affine | None,
     n = LOCAL_GCP_GRID if result.correction.kind == "local" else GCP_GRID
     xs, ys = np.meshgrid(np.linspace(0, result.mov.width, n), np.linspace(0, result.mov.height, n))
     rx, ry = result.mapping.apply(xs.ravel(), ys.ravel())
-    mx, my = apply_affine(result.ref.transform, rx, ry)
+    mx, my = result.ref.to_map(rx, ry)
     gcps = [GroundControlPoint(row=float(r), col=float(c), x=float(x), y=float(y), id=str(i))
             for i, (c, r, x, y) in enumerate(zip(xs.ravel(), ys.ravel(), mx, my))]
     return None, gcps

@@ -13,7 +13,7 @@ from rasterio.warp import transform as warp_transform
 from dmreg import __version__
 from dmreg.errors import DmregError
 from dmreg.estimate.uncertainty import finite_or_none
-from dmreg.geometry.mapping import CHECK_GRID_SIZE, apply_affine, check_points, corrected_pixel_matrix
+from dmreg.geometry.mapping import CHECK_GRID_SIZE, check_points, corrected_pixel_matrix
 from dmreg.io.raster import RasterInfo
 
 WGS84 = CRS.from_epsg(4326)  # RFC 7946: GeoJSON coordinates are WGS 84 longitude, latitude
@@ -26,11 +26,13 @@ SCHEMA = "dmreg.report/1"
 
 def raster_entry(path: str, info: RasterInfo | None) -> dict:
     if info is None:
-        return {"path": str(path), "crs": None, "transform": None, "width": None, "height": None}
+        return {"path": str(path), "crs": None, "georeferencing": None, "transform": None, "width": None,
+                "height": None}
     return {
         "path": str(path),
         "crs": _crs_string(info),
-        "transform": list(info.transform)[:6],
+        "georeferencing": info.georeferencing,
+        "transform": list(info.transform)[:6] if info.georeferencing in ("geotransform", "none") else None,
         "width": info.width,
         "height": info.height,
     }
@@ -119,7 +121,7 @@ def tie_points_geojson(result: RegistrationResult) -> dict:
     m = result.matches
     residual = result.residuals_px()
     inlier = result.selected.inliers
-    mx, my = apply_affine(result.ref.transform, m.ref_px[:, 0], m.ref_px[:, 1])
+    mx, my = result.ref.to_map(m.ref_px[:, 0], m.ref_px[:, 1])
     crs = _crs_string(result.ref)
     if crs:
         lon, lat = (np.asarray(v) for v in warp_transform(result.ref.crs, WGS84, mx.ravel(), my.ravel()))

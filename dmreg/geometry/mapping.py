@@ -19,6 +19,9 @@ from dmreg.errors import InputError
 from dmreg.io.raster import RasterInfo
 
 
+AFFINE_GEOREFERENCING = frozenset({"geotransform", "none"})
+
+
 class PointTransform(Protocol):
     def apply(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     def inverse(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
@@ -45,8 +48,9 @@ class GeorefMapping:
 
     @property
     def affine(self) -> Affine | None:
-        """The mapping as an affine transform when it is one (same CRS), else None."""
-        if not self.same_crs:
+        """The mapping as an affine transform when it is one (two geotransforms in one
+        CRS), else None."""
+        if not self.same_crs or not {self.ref.georeferencing, self.mov.georeferencing} <= AFFINE_GEOREFERENCING:
             return None
         return ~self.ref.transform @ self.mov.transform
 
@@ -61,12 +65,13 @@ class GeorefMapping:
     ) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(x, np.float64)
         y = np.asarray(y, np.float64)
-        if self.same_crs:
+        if self.affine is not None:
             return apply_affine(~dst.transform @ src.transform, x, y)
-        mx, my = apply_affine(src.transform, x, y)
-        tx, ty = warp_transform(src.crs, dst.crs, mx.ravel(), my.ravel())
-        px, py = apply_affine(~dst.transform, np.asarray(tx), np.asarray(ty))
-        return px.reshape(x.shape), py.reshape(y.shape)
+        mx, my = src.to_map(x, y)
+        if not self.same_crs:
+            tx, ty = warp_transform(src.crs, dst.crs, mx.ravel(), my.ravel())
+            mx, my = np.asarray(tx).reshape(x.shape), np.asarray(ty).reshape(y.shape)
+        return dst.to_pixel(mx, my)
 
 
 def corrected_pixel_matrix(georef: GeorefMapping, correction: np.ndarray | None) -> np.ndarray | None:

@@ -8,17 +8,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.rpc import RPC
+from rasterio.transform import GCPTransformer, RPCTransformer
 
 from dmreg.errors import InputError
 
 
 @dataclass(frozen=True)
 class RasterInfo:
-    """What the pipeline needs to know of a raster, without its pixels."""
+    """What the pipeline needs to know of a raster, without its pixels.
+
+    A raster is georeferenced by a geotransform, by ground control points (SAR GRD
+    products, scanned maps) or by rational polynomial coefficients (optical Level-1
+    products), in that order of preference. ``to_map``/``to_pixel`` hide which: GCPs and
+    RPCs go through GDAL's transformers (a GCP polynomial as gdalwarp fits it; RPCs at
+    ``rpc_height`` metres above the ellipsoid, or on the ``dem`` file's heights).
+    """
 
     path: str
     width: int
@@ -28,10 +39,49 @@ class RasterInfo:
     crs: CRS | None
     transform: Affine
     nodata: float | None
+    gcps: tuple[GroundControlPoint, ...] = ()
+    rpcs: RPC | None = None
+    rpc_height: float | None = None
+    dem: str | None = None
 
     @property
     def georeferenced(self) -> bool:
         return self.crs is not None
+
+    @property
+    def georeferencing(self) -> str:
+        """geotransform, gcps, rpcs, or none (pixel space)."""
+        if self.crs is None:
+            return "none"
+        return "rpcs" if self.rpcs is not None else "gcps" if self.gcps else "geotransform"
+
+    def to_map(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates (x right, y down, pixel corners at integers) to ``crs``."""
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if self.georeferencing in ("geotransform", "none"):
+            t = self.transform
+            return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+        with self._transformer() as transformer:
+            mx, my = transformer.xy(y.ravel(), x.ravel(), offset="ul")
+        return np.asarray(mx, np.float64).reshape(x.shape), np.asarray(my, np.float64).reshape(y.shape)
+
+    def to_pixel(self, mx: np.ndarray, my: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinates in ``crs`` to pixel coordinates (the inverse of :meth:`to_map`)."""
+        mx, my = np.asarray(mx, np.float64), np.asarray(my, np.float64)
+        if self.georeferencing in ("geotransform", "none"):
+            t = ~self.transform
+            return t.a * mx + t.b * my + t.c, t.d * mx + t.e * my + t.f
+        with self._transformer() as transformer:
+            rows, cols = transformer.rowcol(mx.ravel(), my.ravel(), op=np.positive)
+        return np.asarray(cols, np.float64).reshape(mx.shape), np.asarray(rows, np.float64).reshape(my.shape)
+
+    def _transformer(self) -> GCPTransformer | RPCTransformer:
+        """A fresh GDAL transformer per call: they are cheap to make, and RPC ones with a
+        DEM cache its blocks and are not safe to share between the reading threads."""
+        if self.rpcs is not None:
+            height = {"RPC_DEM": self.dem} if self.dem else {"RPC_HEIGHT": self.rpc_height or 0.0}
+            return RPCTransformer(self.rpcs, RPC_PIXEL_ERROR_THRESHOLD=RPC_INVERSE_TOLERANCE_PX, **height)
+        return GCPTransformer(list(self.gcps))
 
 
 GDAL_CACHE_MB = 256
@@ -44,17 +94,28 @@ def gdal_env() -> rasterio.Env:
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024)  # rasterio passes bytes
 
 
-def describe(ds: rasterio.io.DatasetReader) -> RasterInfo:
-    return RasterInfo(
-        path=str(ds.name),
-        width=ds.width,
-        height=ds.height,
-        count=ds.count,
-        dtype=ds.dtypes[0],
-        crs=ds.crs if ds.crs else None,
-        transform=ds.transform if ds.crs else Affine.identity(),
-        nodata=ds.nodata,
-    )
+def describe(ds: rasterio.io.DatasetReader, rpc_height: float | None = None, dem: str | None = None) -> RasterInfo:
+    """The raster's description; a raster with neither a CRS-bearing geotransform, GCPs
+    nor RPCs is in pixel space."""
+    gcps, gcp_crs = ds.gcps
+    base = dict(path=str(ds.name), width=ds.width, height=ds.height, count=ds.count, dtype=ds.dtypes[0],
+                nodata=ds.nodata, transform=Affine.identity())
+    if ds.crs:
+        return RasterInfo(**{**base, "transform": ds.transform}, crs=ds.crs)
+    if ds.rpcs is not None:
+        return RasterInfo(**base, crs=CRS.from_epsg(4326), rpcs=ds.rpcs, rpc_height=rpc_height, dem=dem)
+    if gcps and gcp_crs:
+        if len(gcps) < MIN_GCPS:
+            raise InputError(f"{ds.name}: {len(gcps)} ground control points; at least {MIN_GCPS} are needed")
+        return RasterInfo(**base, crs=gcp_crs, gcps=tuple(gcps))
+    return RasterInfo(**base, crs=None)
+
+
+RPC_INVERSE_TOLERANCE_PX = 1e-4
+"""GDAL stops inverting RPCs at 0.1 px by default: far too coarse to register with."""
+
+MIN_GCPS = 3
+"""GDAL's GCP transformer needs three points for its first-order polynomial."""
 
 
 URL_SCHEMES = ("http://", "https://", "ftp://", "s3://", "gs://", "az://", "oss://", "file://", "zip://",

@@ -7,7 +7,7 @@ import errno
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.rpc import RPC
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
@@ -123,20 +124,27 @@ def output_dtype(src_dtype: str) -> str:
 def write_resampled(src: rasterio.io.DatasetReader, dst_path: str | Path, *, dst_crs: CRS | None,
                     dst_transform: Affine, dst_size: tuple[int, int], dst_coords: CoordFn,
                     resampling: Resampling, nodata: float | None, creation_options: dict[str, str],
-                    overwrite: bool) -> None:
+                    overwrite: bool, dst_gcps: Sequence[GroundControlPoint] = (),
+                    dst_rpcs: RPC | None = None) -> None:
     """Resample every band of ``src`` onto a new grid, one 512-pixel block at a time.
 
-    ``dst_coords`` maps output pixel coordinates to source pixel coordinates.
+    ``dst_coords`` maps output pixel coordinates to source pixel coordinates. A grid
+    georeferenced by GCPs (in ``dst_crs``) or RPCs carries them instead of a transform.
     """
     dtype = output_dtype(src.dtypes[0])
     fill = _fill_value(nodata, dtype)
     width, height = dst_size
     bands = list(range(1, src.count + 1))
-    profile = dict(driver="GTiff", width=width, height=height, count=src.count, dtype=dtype,
-                   crs=dst_crs, transform=dst_transform, nodata=fill,
+    profile = dict(driver="GTiff", width=width, height=height, count=src.count, dtype=dtype, nodata=fill,
                    **creation_profile(dtype, creation_options))
+    if not dst_gcps and dst_rpcs is None:
+        profile.update(crs=dst_crs, transform=dst_transform)
     with atomic_path(dst_path, overwrite, check_raster_written) as tmp, _quiet(), \
             rasterio.open(tmp, "w", **profile) as dst:
+        if dst_gcps:
+            dst.gcps = (list(dst_gcps), dst_crs)
+        if dst_rpcs is not None:
+            dst.rpcs = dst_rpcs
         for row in range(0, height, BLOCK):
             for col in range(0, width, BLOCK):
                 win = Window(col, row, min(BLOCK, width - col), min(BLOCK, height - row))

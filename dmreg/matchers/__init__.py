@@ -11,11 +11,24 @@ from dmreg.matchers.structural import StructuralMatcher
 
 
 def _distillmatch(weights: str | None, device: str) -> Matcher:
+    if weights is not None and weights.lower().endswith(".onnx"):
+        return _distillmatch_onnx(weights, device)
     try:
         from dmreg.matchers.distillmatch.matcher import DistillMatchMatcher
     except ImportError as exc:  # torch is an optional dependency
         raise UsageError(f"the distillmatch matcher needs PyTorch: pip install 'dmreg[distillmatch]' ({exc})") from exc
     return DistillMatchMatcher(weights=weights, device=device)
+
+
+def _distillmatch_onnx(path: str, device: str) -> Matcher:
+    """An exported graph (`dmreg models export`) runs through ONNX Runtime, without PyTorch."""
+    if device not in ("auto", "cpu"):
+        raise UsageError(f"--device {device}: an ONNX DistillMatch graph runs on the CPU; use --device cpu or auto")
+    try:
+        from dmreg.matchers.distillmatch.onnx_matcher import OnnxDistillMatchMatcher
+    except ImportError as exc:
+        raise UsageError(f"running {path} needs ONNX Runtime: pip install 'dmreg[onnx]' ({exc})") from exc
+    return OnnxDistillMatchMatcher(path)
 
 
 MATCHERS: dict[str, Callable[[str | None, str], Matcher]] = {
@@ -26,7 +39,8 @@ MATCHERS: dict[str, Callable[[str | None, str], Matcher]] = {
 MATCHER_DESCRIPTIONS = {
     "structural": "classical, cross-modal: oriented-gradient templates with multi-channel ZNCC (CPU)",
     "sift": "classical, same modality only: SIFT, ratio test, mutual check (CPU)",
-    "distillmatch": "learned, cross-modal: DistillMatch student network (CPU or CUDA; needs weights)",
+    "distillmatch": "learned, cross-modal: DistillMatch student network (CPU or CUDA; needs weights; "
+                    "--weights FILE.onnx runs an exported graph through ONNX Runtime)",
 }
 
 

@@ -7,11 +7,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dmreg.errors import UsageError
 from dmreg.matchers.base import TileMatches, TilePair
 from dmreg.matchers.distillmatch.model import COARSE_STRIDE, DistillMatch
+from dmreg.matchers.distillmatch.tiles import (
+    MAX_SIDE,
+    ROTATION_STEP_DEG,
+    batch_shape,
+    match_in_batches,
+    modality_labels,
+    padded_stack,
+    select_matches,
+)
 from dmreg.matchers.distillmatch.weights import WeightsCard, load_model
 
 
@@ -41,9 +49,9 @@ class DistillMatchMatcher:
     device: str = "auto"
     batch_size: int | None = None  # tiles per forward pass; None: 8 on CUDA, 1 on the CPU, where batching
                                    # gains no speed and holds one N x N confidence matrix per tile
-    max_side: int = 640
+    max_side: int = MAX_SIDE
     name: str = "distillmatch"
-    rotation_step_deg: float = 45.0  # trained on rotations up to 30 deg; measured to hold at 35
+    rotation_step_deg: float = ROTATION_STEP_DEG
     _model: DistillMatch = field(init=False, repr=False)
     _card: WeightsCard = field(init=False, repr=False)
     _device: torch.device = field(init=False, repr=False)
@@ -66,21 +74,12 @@ class DistillMatchMatcher:
 
     def match(self, pairs: Sequence[TilePair]) -> list[TileMatches]:
         """Tiles larger than ``max_side`` are matched at a reduced size and the matches
-        scaled back: the confidence matrix grows with the fourth power of the side."""
-        out: list[TileMatches] = []
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start:start + self.batch_size]
-            factor = max(1, -(-max(max(p.ref.shape + p.mov.shape) for p in chunk) // self.max_side))
-            found = self._match_batch([_shrink(p, factor) for p in chunk] if factor > 1 else chunk)
-            out.extend(TileMatches(m.ref_xy * factor, m.mov_xy * factor, m.confidence) if factor > 1 else m
-                       for m in found)
-        return out
+        scaled back."""
+        return match_in_batches(pairs, self.batch_size, self.max_side, self._match_batch)
 
     @torch.inference_mode()
     def _match_batch(self, pairs: Sequence[TilePair]) -> list[TileMatches]:
-        h = max(max(p.ref.shape[0], p.mov.shape[0]) for p in pairs)
-        w = max(max(p.ref.shape[1], p.mov.shape[1]) for p in pairs)
-        h, w = _round_up(h, COARSE_STRIDE), _round_up(w, COARSE_STRIDE)
+        h, w = batch_shape(pairs, COARSE_STRIDE)
         data = {
             "image0": self._stack([p.ref for p in pairs], h, w)[:, None].contiguous(memory_format=torch.channels_last),
             "image1": self._stack([p.mov for p in pairs], h, w)[:, None].contiguous(memory_format=torch.channels_last),
@@ -89,9 +88,8 @@ class DistillMatchMatcher:
         }
         known = self._model.conf.modalities  # the weights' own category rows, by name
         for key, attr in (("modality0", "ref_modality"), ("modality1", "mov_modality")):
-            labels = [getattr(p, attr) for p in pairs]
-            if all(label in known for label in labels):  # else the network predicts the category
-                data[key] = torch.tensor([known.index(label) for label in labels], device=self._device)
+            if (labels := modality_labels(pairs, attr, known)) is not None:  # else the network predicts it
+                data[key] = torch.tensor(labels, device=self._device)
         # bf16 for the backbone and attention only: the model keeps its matching head in fp32
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._device.type == "cuda"):
             matches = self._model(data)["matches"]
@@ -99,40 +97,7 @@ class DistillMatchMatcher:
         k0 = matches["kpts0"].float().cpu().numpy().astype(np.float64)
         k1 = matches["kpts1"].float().cpu().numpy().astype(np.float64)
         conf = matches["confidence"].float().cpu().numpy().astype(np.float64)
-        results = []
-        for i, pair in enumerate(pairs):
-            sel = (batch == i) & _inside(k0, pair.ref_valid) & _inside(k1, pair.mov_valid)
-            sel &= np.hypot(*(k1 - k0).T) <= 1.5 * pair.max_offset + 2 * COARSE_STRIDE
-            results.append(TileMatches(k0[sel], k1[sel], conf[sel]))
-        return results
+        return select_matches(pairs, batch, k0, k1, conf, COARSE_STRIDE)
 
     def _stack(self, arrays: list[np.ndarray], h: int, w: int) -> torch.Tensor:
-        tensors = [F.pad(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)),
-                         (0, w - a.shape[1], 0, h - a.shape[0])) for a in arrays]
-        return torch.stack(tensors).to(self._device)
-
-
-def _shrink(pair: TilePair, factor: int) -> TilePair:
-    """The pair reduced by an integer factor (area averaging; a cell is valid only if
-    all its pixels are), so coordinates scale back exactly by ``factor``."""
-    def area(img: np.ndarray) -> np.ndarray:
-        h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
-        return img[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
-
-    return TilePair(area(pair.ref).astype(np.float32), area(pair.mov).astype(np.float32),
-                    area(pair.ref_valid.astype(np.float32)) == 1.0, area(pair.mov_valid.astype(np.float32)) == 1.0,
-                    max_offset=pair.max_offset / factor, ref_modality=pair.ref_modality,
-                    mov_modality=pair.mov_modality)
-
-
-def _round_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
-
-
-def _inside(xy: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Points that fall on valid pixels of their tile."""
-    col = np.floor(xy[:, 0]).astype(int)
-    row = np.floor(xy[:, 1]).astype(int)
-    ok = (col >= 0) & (row >= 0) & (col < valid.shape[1]) & (row < valid.shape[0])
-    ok[ok] = valid[row[ok], col[ok]]
-    return ok
+        return torch.from_numpy(padded_stack(arrays, h, w)).to(self._device)
