@@ -16,6 +16,7 @@ from dmreg.estimate.models import KINDS
 from dmreg.io.raster import is_gdal_path
 from dmreg.io.sampling import SUPPORTED_RESAMPLING
 from dmreg.io.sar import SAR_SCALES
+from dmreg.io.vector import vector_driver
 from dmreg.matchers.base import MODALITIES
 from dmreg.output import FORMATS, GRIDS
 
@@ -110,6 +111,8 @@ class OutputOptions:
         if self.resampling is not None and self.resampling not in SUPPORTED_RESAMPLING:
             names = ", ".join(r.name for r in SUPPORTED_RESAMPLING)
             raise UsageError(f"resampling {self.resampling.name} is not supported; choose one of: {names}")
+        if self.tiepoints:
+            vector_driver(self.tiepoints)
         paths = [p for p in (self.raster, self.report, self.tiepoints) if p]
         if len({str(Path(p).resolve()) for p in paths}) < len(paths):
             raise UsageError("the raster, report and tie-point outputs must be different files")

@@ -32,7 +32,7 @@ from dmreg.io.writing import check_output, write_text
 from dmreg.matchers import Matcher, get_matcher
 from dmreg.options import MODEL_CHOICES, OutputOptions, RegisterOptions
 from dmreg.output import write_aligned
-from dmreg.report import build_failure_report, build_report, tie_points_geojson, to_json
+from dmreg.report import build_failure_report, build_report, to_json, write_tie_points
 from dmreg.result import Correspondences, RegistrationResult
 from dmreg.runtime import serial_blas
 
@@ -158,7 +158,7 @@ def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOp
                           creation_options=outputs.creation_options, overwrite=outputs.overwrite,
                           driver=outputs.driver)
     if outputs.tiepoints:
-        write_text(outputs.tiepoints, to_json(tie_points_geojson(result)), outputs.overwrite)
+        write_tie_points(outputs.tiepoints, result, outputs.overwrite)
     result.timings_s["write"] = time.perf_counter() - t
     result.timings_s["total"] += result.timings_s["write"]
     if outputs.report:

@@ -1,4 +1,4 @@
-"""Report JSON (schema dmreg.report/1) and tie points as GeoJSON."""
+"""Report JSON (schema dmreg.report/1) and tie points (GeoJSON, GeoPackage, FlatGeobuf)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import numpy as np
 from rasterio.crs import CRS
 from rasterio.warp import transform as warp_transform
 
-
 from dmreg import __version__
 from dmreg.errors import DmregError
 from dmreg.estimate.uncertainty import finite_or_none
 from dmreg.geometry.mapping import CHECK_GRID_SIZE, check_points, corrected_pixel_matrix
 from dmreg.io.raster import RasterInfo
+from dmreg.io.vector import vector_driver, write_points
+from dmreg.io.writing import write_text
 
 WGS84 = CRS.from_epsg(4326)  # RFC 7946: GeoJSON coordinates are WGS 84 longitude, latitude
 
@@ -111,6 +112,18 @@ def build_failure_report(ref_path: str, mov_path: str, error: DmregError,
     }
 
 
+def tie_point_fields(result: RegistrationResult) -> dict[str, np.ndarray]:
+    """Per match: where it lies in both rasters, its residual, inlier flag, confidence
+    and tile, and (georeferenced pairs) its reference CRS coordinates ``map_x``/``map_y``."""
+    m = result.matches
+    fields = {"ref_x": m.ref_px[:, 0], "ref_y": m.ref_px[:, 1], "mov_x": m.mov_px[:, 0], "mov_y": m.mov_px[:, 1],
+              "residual_px": result.residuals_px(), "inlier": result.selected.inliers,
+              "confidence": m.confidence, "tile": m.tile}
+    if result.ref.georeferenced:
+        fields["map_x"], fields["map_y"] = result.ref.to_map(m.ref_px[:, 0], m.ref_px[:, 1])
+    return {name: np.asarray(values) for name, values in fields.items()}
+
+
 def tie_points_geojson(result: RegistrationResult) -> dict:
     """Every match as a point at its reference location, with residual and inlier flag.
 
@@ -118,34 +131,34 @@ def tie_points_geojson(result: RegistrationResult) -> dict:
     reference CRS coordinates as ``map_x``/``map_y`` properties and the CRS itself in
     ``map_crs``. A pixel-space pair has no geography: its points are reference pixels,
     which the collection says in ``coordinates: "reference pixels"`` (a foreign member)."""
-    m = result.matches
-    residual = result.residuals_px()
-    inlier = result.selected.inliers
-    mx, my = result.ref.to_map(m.ref_px[:, 0], m.ref_px[:, 1])
+    fields = tie_point_fields(result)
     crs = _crs_string(result.ref)
     if crs:
-        lon, lat = (np.asarray(v) for v in warp_transform(result.ref.crs, WGS84, mx.ravel(), my.ravel()))
+        lon, lat = (np.asarray(v) for v in warp_transform(result.ref.crs, WGS84, fields["map_x"], fields["map_y"]))
     else:
-        lon, lat = mx, my
-    features = []
-    for i in range(len(m)):
-        properties = {
-            "ref_x": float(m.ref_px[i, 0]), "ref_y": float(m.ref_px[i, 1]),
-            "mov_x": float(m.mov_px[i, 0]), "mov_y": float(m.mov_px[i, 1]),
-            "residual_px": float(residual[i]), "inlier": bool(inlier[i]),
-            "confidence": float(m.confidence[i]), "tile": int(m.tile[i]),
-        }
-        if crs:
-            properties.update(map_x=float(mx[i]), map_y=float(my[i]))
-        features.append({"type": "Feature",
-                         "geometry": {"type": "Point", "coordinates": [round(float(lon[i]), 9), round(float(lat[i]), 9)]},
-                         "properties": properties})
+        lon, lat = fields["ref_x"], fields["ref_y"]
+    columns = {name: values.tolist() for name, values in fields.items()}  # Python floats, ints and bools
+    features = [{"type": "Feature",
+                 "geometry": {"type": "Point", "coordinates": [round(float(lon[i]), 9), round(float(lat[i]), 9)]},
+                 "properties": {name: values[i] for name, values in columns.items()}}
+                for i in range(len(lon))]
     collection: dict = {"type": "FeatureCollection", "features": features}
     if crs:
         collection["map_crs"] = crs
     else:
         collection["coordinates"] = "reference pixels"
     return collection
+
+
+def write_tie_points(path: str, result: RegistrationResult, overwrite: bool) -> None:
+    """GeoJSON (RFC 7946) or, by the extension, a GeoPackage or FlatGeobuf layer in the
+    reference CRS (pixel-space pairs: reference pixels, no CRS)."""
+    if vector_driver(path) is None:
+        write_text(path, to_json(tie_points_geojson(result)), overwrite)
+        return
+    fields = tie_point_fields(result)
+    x, y = (fields["map_x"], fields["map_y"]) if "map_x" in fields else (fields["ref_x"], fields["ref_y"])
+    write_points(path, x, y, fields, _crs_string(result.ref), overwrite)
 
 
 def to_json(obj: dict) -> str:
