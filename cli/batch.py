@@ -20,7 +20,7 @@ from dmreg.batch.pairing import Pair, find_rasters, pairs_by_footprint, pairs_fr
 from dmreg.batch.runner import BatchOptions, run_batch
 from dmreg.batch.summary import PairRecord
 from dmreg.errors import PAIRS_FAILED, UsageError
-from dmreg.options import RegisterOptions
+from dmreg.options import OutputOptions, RegisterOptions
 
 log = logging.getLogger("dmreg")
 
@@ -65,7 +65,7 @@ def batch_command(
     rotation_search: RotationSearch = None,
     flip: Flip = False,
     grid: GridName = "reference",
-    of: OutputFormat = "GTiff",
+    of: OutputFormat = OutputOptions.driver,
     no_resample: NoResample = False,
     resampling: ResamplingName = "auto",
     dst_nodata: DstNodata = None,

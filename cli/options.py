@@ -67,8 +67,8 @@ GridName = Annotated[str, typer.Option(
     "--grid", help="Output grid: reference (CRS, transform and size of the reference) or moving (its own, "
     "corrected).")]
 OutputFormat = Annotated[str, typer.Option(
-    "--of", help="Output format: GTiff, or COG (cloud-optimised GeoTIFF with overviews; --co then takes the COG "
-    "driver's options, e.g. --co COMPRESS=ZSTD).")]
+    "--of", help="Output format: COG (cloud-optimised GeoTIFF with overviews, the default; --co takes the COG "
+    "driver's options, e.g. --co COMPRESS=ZSTD) or GTiff (tiled GeoTIFF, written in one pass: faster).")]
 NoResample = Annotated[bool, typer.Option(
     "--no-resample", help="Copy pixels untouched with corrected georeferencing (geotransform or GCPs).")]
 ResamplingName = Annotated[str, typer.Option("--resampling", help=(

@@ -17,7 +17,7 @@ from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName,
                       RansacThreshold, RefBand, RefModality, ResamplingName, TargetError, Threads, TileOverlap,
                       TileSize, Verbose, Weights, output_options, register_options)
 from dmreg.errors import UsageError
-from dmreg.pipeline import RegisterOptions, RegistrationResult, register
+from dmreg.pipeline import OutputOptions, RegisterOptions, RegistrationResult, register
 from dmreg.runtime import set_thread_count
 
 log = logging.getLogger("dmreg")
@@ -52,7 +52,7 @@ def register_command(
     rotation_search: RotationSearch = None,
     flip: Flip = False,
     grid: GridName = "reference",
-    of: OutputFormat = "GTiff",
+    of: OutputFormat = OutputOptions.driver,
     no_resample: NoResample = False,
     resampling: ResamplingName = "auto",
     dst_nodata: DstNodata = None,

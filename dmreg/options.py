@@ -13,6 +13,7 @@ from rasterio.enums import Resampling
 
 from dmreg.errors import UsageError
 from dmreg.estimate.models import KINDS
+from dmreg.io.driver_options import check_creation_options
 from dmreg.io.raster import is_gdal_path
 from dmreg.io.sampling import SUPPORTED_RESAMPLING
 from dmreg.io.sar import SAR_SCALES
@@ -95,7 +96,7 @@ class OutputOptions:
     report: str | None = None
     tiepoints: str | None = None
     grid: str = "reference"
-    driver: str = "GTiff"             # GTiff, or COG (cloud-optimised, with overviews)
+    driver: str = "COG"               # COG (cloud-optimised, with overviews) or GTiff (one pass, faster)
     resample: bool = True
     resampling: Resampling | None = None  # None: nearest for class codes (paletted, thematic), else bilinear
     nodata: float | None = None
@@ -113,6 +114,8 @@ class OutputOptions:
             raise UsageError(f"resampling {self.resampling.name} is not supported; choose one of: {names}")
         if self.tiepoints:
             vector_driver(self.tiepoints)
+        if self.raster and self.creation_options:
+            check_creation_options(self.driver, self.creation_options)
         paths = [p for p in (self.raster, self.report, self.tiepoints) if p]
         if len({str(Path(p).resolve()) for p in paths}) < len(paths):
             raise UsageError("the raster, report and tie-point outputs must be different files")

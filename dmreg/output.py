@@ -30,7 +30,7 @@ LOCAL_GCP_GRID = 40   # the local model varies over tens of pixels: GDAL's thin-
 def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "reference",
                   resample: bool = True, resampling: Resampling | None = None,
                   nodata: float | None = None, creation_options: dict[str, str] | None = None,
-                  overwrite: bool = False, driver: str = "GTiff") -> None:
+                  overwrite: bool = False, driver: str = "COG") -> None:
     """Write the co-registered moving raster (all bands) to ``path``.
 
     ``grid="reference"``: same CRS, transform and size as the reference. ``grid="moving"``:
@@ -44,7 +44,7 @@ def write_aligned(result: RegistrationResult, path: str | Path, *, grid: str = "
         check_output(path, overwrite)
         with intermediate_geotiff(path) as tmp:
             write_aligned(result, tmp, grid=grid, resample=resample, resampling=resampling, nodata=nodata,
-                          creation_options=INTERMEDIATE_OPTIONS)
+                          creation_options=INTERMEDIATE_OPTIONS, driver="GTiff")
             copy_as_cog(tmp, path, creation_options or {}, overwrite)
         return
     co = creation_options or {}

@@ -102,11 +102,27 @@ def test_nodata_is_preserved(full_run):
 
 def test_creation_options_are_applied(shift_nir: Case, tmp_path):
     out = tmp_path / "aligned.tif"
-    cli(shift_nir.ref, shift_nir.mov, "-o", out, "--co", "COMPRESS=LZW", "--co", "BLOCKXSIZE=256",
+    cli(shift_nir.ref, shift_nir.mov, "-o", out, "--of", "GTiff", "--co", "COMPRESS=LZW", "--co", "BLOCKXSIZE=256",
         "--co", "BLOCKYSIZE=256")
     with rasterio.open(out) as ds:
         assert ds.compression.name.lower() == "lzw"
         assert ds.block_shapes[0] == (256, 256)
+
+
+def test_the_default_output_is_a_cog_with_the_cog_drivers_options(shift_nir: Case, tmp_path):
+    out = tmp_path / "aligned.tif"
+    cli(shift_nir.ref, shift_nir.mov, "-o", out, "--co", "BLOCKSIZE=256", "--co", "COMPRESS=LZW")
+    with rasterio.open(out) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert ds.compression.name.lower() == "lzw" and ds.block_shapes[0] == (256, 256)
+
+
+def test_an_option_the_driver_does_not_take_is_refused_before_any_work(shift_nir: Case, tmp_path):
+    out = tmp_path / "aligned.tif"
+    result = CliRunner().invoke(app, ["register", str(shift_nir.ref), str(shift_nir.mov), "-o", str(out),
+                                      "--co", "BLOCKXSIZE=256"])
+    assert result.exit_code == 2 and "BLOCKXSIZE" in result.output and "--of GTiff" in result.output
+    assert not out.exists()
 
 
 def test_grid_moving_keeps_moving_grid(shift_nir: Case, tmp_path):
