@@ -214,8 +214,8 @@ def main() -> int:
     out, report, log = results / "aligned.tif", results / "report.json", results / "dmreg.log"
     for p in (out, report):
         p.unlink(missing_ok=True)
-    cmd = [dmreg, "register", str(ref), str(mov), "-o", str(out), "--report", str(report), "--overwrite",
-           "-v", *args.extra]
+    cmd = [dmreg, "register", str(ref), str(mov), "-o", str(out), "--of", "GTiff", "--report", str(report),
+           "--overwrite", "-v", *args.extra]
     print(f"\n$ {' '.join(cmd)}", flush=True)
     run = run_child(cmd, log, args.rss_cap_mb)
 

@@ -334,7 +334,8 @@ def register_cmd(dmreg: str, ref: Path, mov: Path, folder: Path, *, output: bool
     for p in (report, aligned):
         p.unlink(missing_ok=True)
     cmd = [dmreg, "register", str(ref), str(mov), "--report", str(report), "--overwrite", "-v"]
-    return cmd + (["-o", str(aligned)] if output else []) + extra
+    # the floor is GDAL's warper writing a GeoTIFF: compared like for like (COG, the default, adds GDAL's own copy)
+    return cmd + (["-o", str(aligned), "--of", "GTiff"] if output else []) + extra
 
 
 def do_register(name: str, dmreg: str, ref: Path, mov: Path, size: tuple[int, int], truth, cap_mb: float, *,
