@@ -28,7 +28,8 @@ log = logging.getLogger("dmreg")
 def batch_command(
     input_dir: Annotated[Path | None, typer.Argument(help="Folder of moving rasters (not with --manifest).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder (created if missing; one run at a time).")] = ...,
-    reference: Annotated[Path | None, typer.Option("--reference", help="One reference for every raster.")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help=(
+        "One reference for every raster: a file, a /vsi* path or a URL."))] = None,
     reference_dir: Annotated[Path | None, typer.Option(
         "--reference-dir", help="Folder of references: each raster gets the one covering most of it.")] = None,
     manifest: Annotated[Path | None, typer.Option(
@@ -123,7 +124,7 @@ def _stop(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _pairs(input_dir: Path | None, reference: Path | None, reference_dir: Path | None, manifest: Path | None,
+def _pairs(input_dir: Path | None, reference: str | None, reference_dir: Path | None, manifest: Path | None,
            pattern: str, regex: str | None, recursive: bool, out: Path) -> list[Pair]:
     modes = [flag for flag, value in (("--reference", reference), ("--reference-dir", reference_dir),
                                       ("--manifest", manifest)) if value is not None]

@@ -73,3 +73,22 @@ def test_unreachable_url_is_an_input_error(shift_nir: Case, served):
 ])
 def test_gdal_paths_are_recognised(path, expected):
     assert is_gdal_path(path) is expected
+
+
+def test_batch_takes_urls_in_a_manifest_and_as_the_reference(shift_nir: Case, served, tmp_path):
+    """A manifest row with a URL moving raster (named after the URL's file) and
+    ``--reference URL`` over a local folder both register as the local files do."""
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(f"reference,moving\n{shift_nir.ref},{served}/{shift_nir.mov.name}\n")
+    result = runner.invoke(app, ["batch", "--manifest", str(manifest), "--out", str(tmp_path / "a"), "--no-qa", "-q"])
+    assert result.exit_code == 0, result.output
+    report = read_json(tmp_path / "a" / f"{shift_nir.mov.stem}.report.json")
+    assert report["status"] == "ok" and report["moving"]["path"].endswith(shift_nir.mov.name)
+
+    movings = tmp_path / "movings"
+    movings.mkdir()
+    (movings / "m.tif").write_bytes(shift_nir.mov.read_bytes())
+    result = runner.invoke(app, ["batch", str(movings), "--reference", f"/vsicurl/{served}/{shift_nir.ref.name}",
+                                 "--out", str(tmp_path / "b"), "--no-qa", "-q"])
+    assert result.exit_code == 0, result.output
+    assert read_json(tmp_path / "b" / "m.report.json")["status"] == "ok"

@@ -8,7 +8,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import rasterio
 from rasterio.errors import RasterioError
@@ -17,7 +17,7 @@ from shapely import STRtree
 from shapely.geometry import Polygon, box
 
 from dmreg.errors import InputError, NoOverlapError, UsageError
-from dmreg.io.raster import gdal_env
+from dmreg.io.raster import gdal_env, is_gdal_path
 from dmreg.io.tables import csv_rows
 
 log = logging.getLogger("dmreg")
@@ -59,19 +59,23 @@ def find_rasters(folder: Path, pattern: str = "*.tif", regex: str | None = None,
     return sorted(found)
 
 
-def pairs_with_reference(movings: list[Path], reference: Path, root: Path) -> list[Pair]:
-    """Every moving raster against one reference (the reference itself is skipped)."""
-    if not reference.is_file():
+def pairs_with_reference(movings: list[Path], reference: str, root: Path) -> list[Pair]:
+    """Every moving raster against one reference (the reference itself is skipped). A
+    /vsi* or URL reference is checked when each pair opens it."""
+    if is_gdal_path(reference):
+        return _named([(m, reference) for m in movings], root)
+    if not Path(reference).is_file():
         raise InputError(f"{reference}: reference raster not found")
-    ref = reference.resolve()
+    ref = Path(reference).resolve()
     kept = [m for m in movings if m.resolve() != ref]
     return _named([(m, str(ref)) for m in kept], root)
 
 
 def pairs_from_manifest(manifest: Path) -> list[Pair]:
     """Pairs from a CSV with a header ``reference,moving[,output]`` (``ref``/``mov``/``out``
-    also accepted). Relative paths are relative to the manifest's folder; ``output``
-    is the aligned raster's file name inside the output folder and names the pair."""
+    also accepted). Relative paths are relative to the manifest's folder, /vsi* paths and
+    URLs are kept as they are; ``output`` is the aligned raster's file name inside the
+    output folder and names the pair."""
     if not manifest.is_file():
         raise InputError(f"{manifest}: manifest not found")
     try:
@@ -88,7 +92,7 @@ def pairs_from_manifest(manifest: Path) -> list[Pair]:
         raise InputError(f"{manifest}: the first line must name the columns: reference,moving[,output] "
                          f"(found {','.join(header)})")
     base = manifest.resolve().parent
-    entries: list[tuple[Path, str, str | None]] = []
+    entries: list[tuple[Path | str, str, str | None]] = []
     for line, row in enumerate(rows[1:], start=2):
         cell = {key: (row[i].strip() if i is not None and i < len(row) else "") for key, i in columns.items()}
         if not cell["reference"] or not cell["moving"]:
@@ -97,8 +101,9 @@ def pairs_from_manifest(manifest: Path) -> list[Pair]:
         if output and (Path(output).name != output or output in (".", "..")):
             raise InputError(f"{manifest}, line {line}: output {output!r} must be a file name (it is written "
                              "inside --out)")
-        entries.append((base / cell["moving"], str((base / cell["reference"]).resolve()),
-                        Path(output).stem if output else None))
+        moving = cell["moving"] if is_gdal_path(cell["moving"]) else base / cell["moving"]
+        reference = cell["reference"] if is_gdal_path(cell["reference"]) else str((base / cell["reference"]).resolve())
+        entries.append((moving, reference, Path(output).stem if output else None))
     return _named([(m, r) for m, r, _ in entries], base, [n for _, _, n in entries])
 
 
@@ -160,11 +165,17 @@ def _column(header: list[str], names: tuple[str, ...]) -> int | None:
     return None
 
 
-def _named(entries: list[tuple[Path, str | None]], root: Path, names: list[str | None] | None = None) -> list[Pair]:
+def _named(entries: list[tuple[Path | str, str | None]], root: Path,
+           names: list[str | None] | None = None) -> list[Pair]:
     """Pairs named after the moving file (its path below ``root`` when in a subfolder,
-    ``/`` as ``__``) unless a name is given; a name used twice is a usage error."""
+    ``/`` as ``__``; a URL's file name) unless a name is given; a name used twice is a
+    usage error."""
     pairs = []
     for i, (moving, reference) in enumerate(entries):
+        if isinstance(moving, str):  # a /vsi* path or URL
+            name = names[i] if names and names[i] else PurePosixPath(moving.split("?")[0]).stem
+            pairs.append(Pair(name=name, moving=moving, reference=reference))
+            continue
         name = names[i] if names and names[i] else _stem_below(moving, root)
         pairs.append(Pair(name=name, moving=str(moving.resolve()), reference=reference))
     twice = sorted(n for n, count in Counter(p.name.lower() for p in pairs).items() if count > 1)
