@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .console import configure_logging, exit_codes, stderr
 from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, OutputFormat, MatcherName, MaxError, MaxOffset,
-                      MaxTiles, TargetError, MinInliers, SarScale, RpcHeight, Dem, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
+                      MaxTiles, TargetError, MinInliers, SarScale, RpcHeight, Dem, GcpTps, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
                       RefModality, ResamplingName, TileOverlap, TileSize, Verbose, Weights, output_options,
                       register_options)
 from .report import pairs_table
@@ -55,6 +55,7 @@ def batch_command(
     sar_scale: SarScale = RegisterOptions.sar_scale,
     rpc_height: RpcHeight = None,
     dem: Dem = None,
+    gcp_tps: GcpTps = False,
     tile_size: TileSize = 512,
     tile_overlap: TileOverlap = 32,
     max_tiles: MaxTiles = 100,
@@ -90,7 +91,7 @@ def batch_command(
         options = register_options(
             matcher=matcher, weights=weights, device=device, model=model, ref_band=ref_band, mov_band=mov_band,
             ref_modality=ref_modality, mov_modality=mov_modality, tile_size=tile_size, tile_overlap=tile_overlap,
-            max_tiles=max_tiles, sar_scale=sar_scale, rpc_height=rpc_height, dem=dem, target_error=target_error, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
+            max_tiles=max_tiles, sar_scale=sar_scale, rpc_height=rpc_height, dem=dem, gcp_tps=gcp_tps, target_error=target_error, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
             max_error=max_error, rotation_search=rotation_search, flip=flip,
         )
         outputs = output_options(grid=grid, no_resample=no_resample, resampling=resampling, dst_nodata=dst_nodata,

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .console import configure_logging, exit_codes, stderr
-from .options import (Debug, Device, MaxOffset, MaxTiles, TargetError, MinInliers, SarScale, RpcHeight, Dem, Model, MovBand, Overwrite, Quiet,
+from .options import (Debug, Device, MaxOffset, MaxTiles, TargetError, MinInliers, SarScale, RpcHeight, Dem, GcpTps, Model, MovBand, Overwrite, Quiet,
                       RansacThreshold, RefBand, TileOverlap, TileSize, Verbose, Weights, register_options)
 from dmreg.errors import UsageError
 from dmreg.evaluate import (ALL, AUC_MAX_PX, SUCCESS_THRESHOLDS_PX, Evaluation, PairResult, load_manifest,
@@ -53,6 +53,7 @@ def evaluate_command(
     sar_scale: SarScale = DEFAULTS.sar_scale,
     rpc_height: RpcHeight = None,
     dem: Dem = None,
+    gcp_tps: GcpTps = False,
     tile_size: TileSize = DEFAULTS.tile_size,
     tile_overlap: TileOverlap = DEFAULTS.tile_overlap,
     max_tiles: MaxTiles = DEFAULTS.max_tiles,
@@ -80,7 +81,7 @@ def evaluate_command(
         options = register_options(
             matcher=specs[0].name, weights=specs[0].weights, device=device, model=model, ref_band=ref_band,
             mov_band=mov_band, ref_modality=None, mov_modality=None, tile_size=tile_size, tile_overlap=tile_overlap,
-            max_tiles=max_tiles, sar_scale=sar_scale, rpc_height=rpc_height, dem=dem, target_error=target_error, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
+            max_tiles=max_tiles, sar_scale=sar_scale, rpc_height=rpc_height, dem=dem, gcp_tps=gcp_tps, target_error=target_error, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
         )
         options = replace(options, seed=seed)
         check_output(json_out, overwrite)

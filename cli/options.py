@@ -41,6 +41,9 @@ RpcHeight = Annotated[float | None, typer.Option("--rpc-height", help=(
 Dem = Annotated[str | None, typer.Option("--dem", help=(
     "Rasters georeferenced by RPCs: a DEM (any GDAL raster, heights in metres above the ellipsoid) to "
     "orthorectify them with."))]
+GcpTps = Annotated[bool, typer.Option("--gcp-tps", help=(
+    "Rasters georeferenced by GCPs: a thin-plate spline through every GCP instead of GDAL's polynomial "
+    "(for GCPs that follow terrain relief, e.g. SAR slant geometry)."))]
 TileSize = Annotated[int, typer.Option("--tile-size", help="Tile side in pixels.")]
 TileOverlap = Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in pixels.")]
 MaxTiles = Annotated[int, typer.Option("--max-tiles", help="Most tiles matched (evenly spread).")]
@@ -97,7 +100,7 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
                      min_inliers: int, max_error: float | None = None, rotation_search: bool | None = None,
                      flip: bool = False, target_error: float = RegisterOptions.target_error_px,
                      sar_scale: str = RegisterOptions.sar_scale, rpc_height: float | None = None,
-                     dem: str | None = None) -> RegisterOptions:
+                     dem: str | None = None, gcp_tps: bool = False) -> RegisterOptions:
     """RegisterOptions from command-line values (it validates them itself)."""
     return RegisterOptions(
         ref_band=ref_band, mov_band=mov_band, matcher=matcher, weights=weights, device=device, model=model,
@@ -105,7 +108,7 @@ def register_options(*, matcher: str, weights: str | None, device: str, model: s
         ransac_threshold_px=ransac_threshold, min_inliers=min_inliers,
         ref_modality=ref_modality, mov_modality=mov_modality, max_error_px=max_error,
         rotation_search=rotation_search, flip=flip, target_error_px=target_error, sar_scale=sar_scale,
-        rpc_height=rpc_height, dem=dem,
+        rpc_height=rpc_height, dem=dem, gcp_tps=gcp_tps,
     )
 
 

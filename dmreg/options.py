@@ -54,6 +54,7 @@ class RegisterOptions:
     mov_modality: str | None = None
     rpc_height: float | None = None   # RPC-georeferenced rasters: constant height (m above the ellipsoid), else 0
     dem: str | None = None            # RPC-georeferenced rasters: a DEM (any GDAL raster) giving the heights
+    gcp_tps: bool = False             # GCP-georeferenced rasters: thin-plate spline instead of a polynomial
     sar_scale: str = SAR_SCALES[0]    # the scale SAR rasters (complex, or hinted sar) are matched in
     max_error_px: float | None = None  # predicted CE90 above this: flagged (FlaggedError), nothing written
     rotation_search: bool | None = None  # None: on for pixel-space pairs, off for georeferenced ones

@@ -57,7 +57,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
             ThreadPoolExecutor(1, thread_name_prefix="dmreg-read") as read_pool:
         check_readable(ref_ds, options.ref_band)
         check_readable(mov_ds, options.mov_band)
-        ref, mov = (describe(ds, options.rpc_height, options.dem) for ds in (ref_ds, mov_ds))
+        ref, mov = (describe(ds, options.rpc_height, options.dem, options.gcp_tps) for ds in (ref_ds, mov_ds))
         georef = GeorefMapping(mov, ref)
         if not ref.georeferenced:
             warnings.append("neither raster is georeferenced: registering in pixel space")

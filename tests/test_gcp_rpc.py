@@ -166,3 +166,21 @@ def test_dem_and_rpc_height_are_checked():
     args = ["register", str(REFERENCE), str(MOVING), "--dry-run"]
     assert runner.invoke(app, [*args, "--dem", "/no/such/dem.tif"]).exit_code == 2
     assert runner.invoke(app, [*args, "--dem", str(REFERENCE), "--rpc-height", "10"]).exit_code == 2
+
+
+def test_gcp_tps_passes_through_every_gcp_where_the_polynomial_smooths(tmp_path):
+    """GCPs with a local bump (relief): the thin-plate spline is exact at each of them,
+    GDAL's polynomial is not."""
+    image, transform, crs = _source()
+    h, w = image.shape
+    gcps = _gcps(transform, crs, crs, w, h)
+    bumped = [GroundControlPoint(row=g.row, col=g.col, x=g.x + (90.0 if i == 14 else 0.0), y=g.y, id=g.id)
+              for i, g in enumerate(gcps)]
+    path = _write(tmp_path / "bumped.tif", image, gcps=(bumped, crs))
+    cols, rows = np.array([g.col for g in bumped]), np.array([g.row for g in bumped])
+    truth = np.array([[g.x, g.y] for g in bumped])
+    with rasterio.open(path) as ds:
+        spline = np.column_stack(describe(ds, gcp_tps=True).to_map(cols, rows))
+        polynomial = np.column_stack(describe(ds).to_map(cols, rows))
+    np.testing.assert_allclose(spline, truth, atol=1e-3)
+    assert np.abs(polynomial - truth).max() > 10.0  # metres: the bump is smoothed away

@@ -27,8 +27,9 @@ class RasterInfo:
     A raster is georeferenced by a geotransform, by ground control points (SAR GRD
     products, scanned maps) or by rational polynomial coefficients (optical Level-1
     products), in that order of preference. ``to_map``/``to_pixel`` hide which: GCPs and
-    RPCs go through GDAL's transformers (a GCP polynomial as gdalwarp fits it; RPCs at
-    ``rpc_height`` metres above the ellipsoid, or on the ``dem`` file's heights).
+    RPCs go through GDAL's transformers (GCPs by the polynomial gdalwarp fits, or with
+    ``gcp_tps`` a thin-plate spline exact at every GCP; RPCs at ``rpc_height`` metres above
+    the ellipsoid, or on the ``dem`` file's heights).
     """
 
     path: str
@@ -43,6 +44,7 @@ class RasterInfo:
     rpcs: RPC | None = None
     rpc_height: float | None = None
     dem: str | None = None
+    gcp_tps: bool = False
 
     @property
     def georeferenced(self) -> bool:
@@ -81,7 +83,7 @@ class RasterInfo:
         if self.rpcs is not None:
             height = {"RPC_DEM": self.dem} if self.dem else {"RPC_HEIGHT": self.rpc_height or 0.0}
             return RPCTransformer(self.rpcs, RPC_PIXEL_ERROR_THRESHOLD=RPC_INVERSE_TOLERANCE_PX, **height)
-        return GCPTransformer(list(self.gcps))
+        return GCPTransformer(list(self.gcps), tps=self.gcp_tps)
 
 
 GDAL_CACHE_MB = 256
@@ -94,7 +96,8 @@ def gdal_env() -> rasterio.Env:
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 1024 * 1024)  # rasterio passes bytes
 
 
-def describe(ds: rasterio.io.DatasetReader, rpc_height: float | None = None, dem: str | None = None) -> RasterInfo:
+def describe(ds: rasterio.io.DatasetReader, rpc_height: float | None = None, dem: str | None = None,
+             gcp_tps: bool = False) -> RasterInfo:
     """The raster's description; a raster with neither a CRS-bearing geotransform, GCPs
     nor RPCs is in pixel space."""
     gcps, gcp_crs = ds.gcps
@@ -107,7 +110,7 @@ def describe(ds: rasterio.io.DatasetReader, rpc_height: float | None = None, dem
     if gcps and gcp_crs:
         if len(gcps) < MIN_GCPS:
             raise InputError(f"{ds.name}: {len(gcps)} ground control points; at least {MIN_GCPS} are needed")
-        return RasterInfo(**base, crs=gcp_crs, gcps=tuple(gcps))
+        return RasterInfo(**base, crs=gcp_crs, gcps=tuple(gcps), gcp_tps=gcp_tps)
     return RasterInfo(**base, crs=None)
 
 
