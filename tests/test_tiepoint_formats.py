@@ -57,3 +57,11 @@ def test_an_unknown_tie_point_extension_is_a_usage_error(tmp_path):
         OutputOptions(tiepoints=str(tmp_path / "tp.shp"))
     result = CliRunner().invoke(app, ["register", *PAIR, "--dry-run", "--tiepoints", str(tmp_path / "tp.kml")])
     assert result.exit_code == 2 and not (tmp_path / "tp.kml").exists()
+
+
+def test_ogr_reads_the_geojson_as_wgs84_points(written):
+    from pyogrio import read_info
+
+    info = read_info(written["geojson"])
+    assert info["geometry_type"] == "Point" and info["crs"] == "EPSG:4326"
+    assert info["features"] == read_info(written["gpkg"])["features"]
