@@ -59,21 +59,13 @@ def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarra
         return Uncertainty(np.full(len(at), math.inf), math.inf, 0, n_blocks)
     members = [np.flatnonzero(blocks == b) for b in range(n_blocks)]
     sizes = np.array([len(m) for m in members])
-    rng = np.random.default_rng(seed)
-    predictions = []
-    for _ in range(LOCAL_REPLICATES if local else replicates):
-        drawn = rng.integers(0, n_blocks, n_blocks)
-        if sizes[np.unique(drawn)].sum() < MIN_SAMPLES[kind]:
-            continue
-        idx = np.concatenate([members[b] for b in drawn])
-        try:
-            with np.errstate(all="ignore"):
-                xy = (refitted_prediction(model, s[idx], d[idx], at) if local
-                      else fit(kind, s[idx], d[idx]).apply(at[:, 0], at[:, 1]))
-        except (np.linalg.LinAlgError, ValueError):
-            continue
-        predictions.append(np.column_stack(xy))
     wanted = LOCAL_REPLICATES if local else replicates
+    draws = np.random.default_rng(seed).integers(0, n_blocks, (wanted, n_blocks))
+    draws = [drawn for drawn in draws if sizes[np.unique(drawn)].sum() >= MIN_SAMPLES[kind]]
+    predictions = (_linear_refits(kind, s, d, blocks, n_blocks, draws, at) if kind in LINEAR_KINDS and not local
+                   else None)
+    if predictions is None:
+        predictions = _refits(model, kind, s, d, members, draws, at)
     if len(predictions) < wanted // 2:  # most resamples degenerate: the fit hangs on a few blocks
         return Uncertainty(np.full(len(at), math.inf), math.inf, len(predictions), n_blocks)
     p = np.array(predictions)
@@ -83,6 +75,70 @@ def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarra
     error = np.sqrt(np.mean(dev ** 2, axis=0) + local_sd ** 2)
     pooled = np.sqrt(dev ** 2 + local_sd ** 2)
     return Uncertainty(error, float(np.quantile(pooled, 0.9)), len(predictions), n_blocks)
+
+
+def _refits(model: PointTransform, kind: str, s: np.ndarray, d: np.ndarray, members: list[np.ndarray],
+            draws: list[np.ndarray], at: np.ndarray) -> list[np.ndarray]:
+    """Each replicate's prediction at ``at``, refitting the model on the drawn blocks."""
+    predictions = []
+    for drawn in draws:
+        idx = np.concatenate([members[b] for b in drawn])
+        try:
+            with np.errstate(all="ignore"):
+                xy = (refitted_prediction(model, s[idx], d[idx], at) if model.kind == "local"
+                      else fit(kind, s[idx], d[idx]).apply(at[:, 0], at[:, 1]))
+        except (np.linalg.LinAlgError, ValueError):
+            continue
+        predictions.append(np.column_stack(xy))
+    return predictions
+
+
+LINEAR_KINDS = ("translation", "similarity", "affine", "polynomial2")
+"""Models whose least-squares fit is linear in their parameters: a replicate's fit is
+then the solution of the drawn blocks' summed normal equations, so each block's are
+formed once and a replicate costs one small solve instead of a refit over every match.
+(Least squares is unchanged by the normalisation ``fit`` applies, so the answers agree.)"""
+
+
+def _linear_refits(kind: str, s: np.ndarray, d: np.ndarray, blocks: np.ndarray, n_blocks: int,
+                   draws: list[np.ndarray], at: np.ndarray) -> list[np.ndarray] | None:
+    """The replicates' predictions at ``at`` through per-block normal equations, or None
+    when a replicate's equations are singular (the caller then refits one by one)."""
+    if not draws:
+        return []
+    centre = s.mean(axis=0)
+    spread = float(np.abs(s - centre).max()) or 1.0
+    jac = _jacobian(kind, (s - centre) / spread)                       # N x 2 x k
+    target = d - s if kind == "translation" else d
+    gram = np.zeros((n_blocks, jac.shape[2], jac.shape[2]))
+    rhs = np.zeros((n_blocks, jac.shape[2]))
+    np.add.at(gram, blocks, np.einsum("nik,nil->nkl", jac, jac))
+    np.add.at(rhs, blocks, np.einsum("nik,ni->nk", jac, target))
+    counts = np.stack([np.bincount(drawn, minlength=n_blocks) for drawn in draws]).astype(float)
+    try:
+        params = np.linalg.solve(np.einsum("rb,bkl->rkl", counts, gram),
+                                 np.einsum("rb,bk->rk", counts, rhs)[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return None
+    predicted = np.einsum("mik,rk->rmi", _jacobian(kind, (at - centre) / spread), params)
+    return list(predicted + at if kind == "translation" else predicted)
+
+
+def _jacobian(kind: str, p: np.ndarray) -> np.ndarray:
+    """Per point, the 2 x k matrix taking the model's parameters to its prediction
+    (translation: to the offset)."""
+    x, y = p[:, 0], p[:, 1]
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    if kind == "translation":
+        rows = [[one, zero], [zero, one]]
+    elif kind == "similarity":
+        rows = [[x, -y, one, zero], [y, x, zero, one]]
+    elif kind == "affine":
+        rows = [[x, y, one, zero, zero, zero], [zero, zero, zero, x, y, one]]
+    else:  # polynomial2
+        terms = [one, x, y, x * x, x * y, y * y]
+        rows = [terms + [zero] * 6, [zero] * 6 + terms]
+    return np.stack([np.stack(r, axis=-1) for r in rows], axis=1)
 
 
 def finite_or_none(value: float | None, digits: int = 4) -> float | None:
