@@ -21,9 +21,10 @@ raster is resampled with nearest neighbour.
 
 from __future__ import annotations
 
-import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, Resampling
+
+from dmreg.io.raster import dtype_kind
 
 GRID_TAG = "AREA_OR_POINT"
 STALE_BAND_TAG_PREFIX = "STATISTICS_"
@@ -69,7 +70,7 @@ def _scales_offsets(src: rasterio.io.DatasetReader,
                     dst: rasterio.io.DatasetWriter) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``src``'s, unless complex values were written as amplitude: |s z + o| is |s| |z|
     only without an offset, so a band with one is left unscaled."""
-    if np.dtype(src.dtypes[0]).kind != "c" or np.dtype(dst.dtypes[0]).kind == "c":
+    if dtype_kind(src.dtypes[0]) != "c" or dtype_kind(dst.dtypes[0]) == "c":
         return src.scales, src.offsets
     scales = tuple(abs(s) if o == 0 else 1.0 for s, o in zip(src.scales, src.offsets))
     return scales, (0.0,) * src.count

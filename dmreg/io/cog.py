@@ -17,11 +17,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import rasterio
 import rasterio.shutil
 
 from dmreg.io.band_metadata import is_categorical
+from dmreg.io.raster import dtype_kind
 from dmreg.io.writing import BLOCK, atomic_path, check_raster_written
 from dmreg.runtime import thread_count
 
@@ -33,7 +33,7 @@ def cog_profile(dtype: str, overrides: dict[str, str], categorical: bool) -> dic
     """COG creation options: 512-pixel DEFLATE tiles with the predictor suited to the
     data, overviews down to one tile (by nearest neighbour for ``categorical`` class
     codes: GDAL's default, cubic, would invent classes), multi-threaded; then the user's ``--co``."""
-    kind = np.dtype(dtype).kind
+    kind = dtype_kind(dtype)
     profile = {"compress": "DEFLATE", "blocksize": str(BLOCK), "bigtiff": "IF_SAFER", "overviews": "AUTO",
                "num_threads": str(thread_count()), "predictor": "YES" if kind in "iuf" else "NO"}
     if categorical:

@@ -86,6 +86,12 @@ class RasterInfo:
         return GCPTransformer(list(self.gcps), tps=self.gcp_tps)
 
 
+def dtype_kind(name: str) -> str:
+    """numpy's kind letter of a rasterio dtype name: rasterio names GDAL's CInt16 (the
+    format of Sentinel-1 SLC products) ``complex_int16``, which numpy does not know."""
+    return "c" if name.startswith("complex") else np.dtype(name).kind
+
+
 GDAL_CACHE_MB = 256
 """GDAL's block cache defaults to 5% of RAM; bounding it keeps peak memory flat on
 large rasters whatever the machine (decimated reads pass many blocks through it)."""

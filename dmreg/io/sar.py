@@ -18,6 +18,8 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from dmreg.io.raster import dtype_kind
+
 SAR_SCALES = ("db", "amplitude", "intensity")
 """``--sar-scale``: the scale a SAR raster is matched in (the first is the default)."""
 
@@ -70,7 +72,7 @@ def _row_weights(rows_per_output: float, first: int, last: int, top: int, bottom
 
 
 def is_complex(ds: rasterio.io.DatasetReader) -> bool:
-    return np.dtype(ds.dtypes[0]).kind == "c"
+    return dtype_kind(ds.dtypes[0]) == "c"
 
 
 def sar_view(ds: rasterio.io.DatasetReader, band: int, modality: str | None, scale: str) -> View | None:

@@ -25,6 +25,7 @@ from dmreg.errors import DmregError, OutputExistsError, OutputWriteError, UsageE
 from dmreg.io.band_metadata import copy_metadata
 from dmreg.io.sampling import CoordFn, sample_onto_grid
 from dmreg.runtime import thread_count
+from dmreg.io.raster import dtype_kind
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
@@ -110,7 +111,7 @@ def creation_profile(dtype: str, overrides: dict[str, str]) -> dict[str, str]:
     """Tiled, DEFLATE-compressed GeoTIFF options with a predictor suited to ``dtype``,
     then the user's ``--co`` on top."""
     profile = dict(DEFAULT_CREATION_OPTIONS, num_threads=str(thread_count()))
-    kind = np.dtype(dtype).kind
+    kind = dtype_kind(dtype)
     profile["predictor"] = "3" if kind == "f" else "2" if kind in "iu" else "1"
     profile.update({k.lower(): v for k, v in overrides.items()})
     return profile
@@ -118,7 +119,7 @@ def creation_profile(dtype: str, overrides: dict[str, str]) -> dict[str, str]:
 
 def output_dtype(src_dtype: str) -> str:
     """Complex SAR is written as amplitude (float32): interpolating phase is meaningless."""
-    return "float32" if np.dtype(src_dtype).kind == "c" else src_dtype
+    return "float32" if dtype_kind(src_dtype) == "c" else src_dtype
 
 
 def write_resampled(src: rasterio.io.DatasetReader, dst_path: str | Path, *, dst_crs: CRS | None,
@@ -161,7 +162,7 @@ def gdal_can_warp(src: rasterio.io.DatasetReader) -> bool:
     """Whether GDAL's warper reads ``src`` as dmreg's own resampler would: real-valued
     bands whose validity is all-valid or a nodata value (complex SAR is written as
     amplitude, and explicit masks or alpha bands are honoured only by dmreg's reader)."""
-    if np.dtype(src.dtypes[0]).kind == "c":
+    if dtype_kind(src.dtypes[0]) == "c":
         return False
     return all(flags == [MaskFlags.all_valid] or MaskFlags.nodata in flags for flags in src.mask_flag_enums)
 
@@ -219,7 +220,7 @@ def _is_grid_of(src: rasterio.io.DatasetReader, crs: CRS | None, transform: Affi
 def _fill_value(nodata: float | None, dtype: str) -> float:
     if nodata is not None:
         return nodata
-    return float("nan") if np.dtype(dtype).kind == "f" else 0
+    return float("nan") if dtype_kind(dtype) == "f" else 0
 
 
 def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
