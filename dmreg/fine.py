@@ -67,34 +67,70 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
                 progress: ProgressFn | None, timings: dict[str, float]) -> FineResult:
     """Match and fit up to ``1 + options.refinements`` passes; ``at`` (reference px) is
     where the budget judges the model's precision, ``fine_offset`` the first pass's
-    search bound (working px)."""
-    tiles = plan_tiles(overlap, work_scale, options.tile_size, options.tile_overlap, options.max_tiles)
+    search bound (working px). A matcher with a ``fine_pass`` method (the learned one)
+    is told before each pass how far the tiles' content moved since the previous pass
+    read the same windows, so it may reuse what it found there."""
+    tiles = plan_tiles(overlap, work_scale, _tile_size(matcher, overlap, work_scale, options), options.tile_overlap,
+                       options.max_tiles)
     order = spread_order(tiles)
     threshold = options.ransac_threshold_px * work_scale
     passes: list[dict] = []
-    for refinement in range(1 + options.refinements):
-        radius = SEARCH_SPREAD * fine_offset * work_scale
-        final = refinement == options.refinements
-        budget = TileBudget(_budget_kind(options, passes, coarse), threshold, radius, options, at,
-                            options.target_error_px * work_scale * (1 if final else FIRST_PASS_SLACK),
-                            16 if final else 8, timings)
-        matches, n_matched = _match_tiles(reader, matcher, georef, initial, tiles, order, fine_offset,
-                                          progress, timings, budget)
-        log.info("pass %d: %d matches in %d of %d tiles read (%d planned)%s", refinement + 1, len(matches),
-                 n_matched, budget.tiles_read, len(tiles),
-                 f"; stopped at predicted CE90 {budget.ce90_px:.3f} px" if budget.stopped else "")
-        t = time.perf_counter()
-        fits, selected, scores = fit_models(matches, overlap, threshold, radius, options)
-        timings["fit"] += time.perf_counter() - t
-        moved = largest_distance(initial, selected.transform, overlap)
-        passes.append({"tiles_read": budget.tiles_read, "tiles_matched": n_matched, "matches": len(matches),
-                       "stopped_early": budget.stopped, "model": selected.kind, "moved_px": round(moved, 4)})
-        initial, fine_offset = selected.transform, 4.0
-        precise = not budget.stopped or budget.ce90_px <= options.target_error_px * work_scale
-        if moved <= REFINE_TOLERANCE_PX * work_scale and precise and not final:
-            log.info("pass %d moved the model by %.3f px at most: no further pass needed", refinement + 1, moved)
-            break
+    told: Callable[[float | None, bool], None] | None = getattr(matcher, "fine_pass", None)
+    moved: float | None = None
+    try:
+        for refinement in range(1 + options.refinements):
+            radius = SEARCH_SPREAD * fine_offset * work_scale
+            final = refinement == options.refinements
+            budget = TileBudget(_budget_kind(options, passes, coarse), threshold, radius, options, at,
+                                options.target_error_px * work_scale * (1 if final else FIRST_PASS_SLACK),
+                                16 if final else 8, timings)
+            if told:  # tile pixels: how far the model this pass reads through moved from the last one's
+                told(None if moved is None else moved / work_scale, final)
+            matches, n_matched = _match_tiles(reader, matcher, georef, initial, tiles, order, fine_offset,
+                                              progress, timings, budget)
+            log.info("pass %d: %d matches in %d of %d tiles read (%d planned)%s", refinement + 1, len(matches),
+                     n_matched, budget.tiles_read, len(tiles),
+                     f"; stopped at predicted CE90 {budget.ce90_px:.3f} px" if budget.stopped else "")
+            t = time.perf_counter()
+            fits, selected, scores = fit_models(matches, overlap, threshold, radius, options)
+            timings["fit"] += time.perf_counter() - t
+            moved = largest_distance(initial, selected.transform, overlap)
+            passes.append({"tiles_read": budget.tiles_read, "tiles_matched": n_matched, "matches": len(matches),
+                           "stopped_early": budget.stopped, "model": selected.kind, "moved_px": round(moved, 4)})
+            initial, fine_offset = selected.transform, 4.0
+            precise = not budget.stopped or budget.ce90_px <= options.target_error_px * work_scale
+            if moved <= REFINE_TOLERANCE_PX * work_scale and precise and not final:
+                log.info("pass %d moved the model by %.3f px at most: no further pass needed", refinement + 1,
+                         moved)
+                break
+    finally:
+        if told:
+            told(None, True)  # no pass follows: whatever the matcher kept for one can go
     return FineResult(matches, fits, selected, scores, len(tiles), n_matched, passes)
+
+
+def _tile_size(matcher: Matcher, overlap: Polygon, work_scale: float, options: RegisterOptions) -> int:
+    """``--tile-size``; for a matcher that asks for ``balanced_tiles`` (a learned one,
+    whose attention and confidence matrix cost the square of a tile's area), the
+    smallest side at which as many tiles cover the overlap with ``--tile-overlap``: two
+    512 px tiles across 800 px overlap by 224 px, two of 416 px by the 32 asked for."""
+    size, gap = options.tile_size, options.tile_overlap
+    if not getattr(matcher, "balanced_tiles", False):
+        return size
+    x0, y0, x1, y1 = overlap.bounds
+
+    def count(extent: float, side: int) -> int:  # tiles along one axis, computed as plan_tiles does
+        span, stride = side * work_scale, (side - gap) * work_scale
+        return 1 if extent <= span else int(math.ceil((extent - span) / stride)) + 1
+
+    balanced = gap + 1
+    for extent in (x1 - x0, y1 - y0):
+        n = count(extent, size)
+        side = max(math.ceil((extent / work_scale + (n - 1) * gap) / n), gap + 1)
+        while count(extent, side) > n:  # rounding: never a tile more than --tile-size gives
+            side += 1
+        balanced = max(balanced, side)
+    return min(size, max(balanced, 64))
 
 
 class TileBudget:

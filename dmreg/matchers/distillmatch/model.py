@@ -238,6 +238,8 @@ class DistillMatch(nn.Module):
     - image0, image1: [B x 1 x H x W] float in [0, 1], H and W multiples of 8
     - valid0, valid1 (optional): [B x H x W] bool, usable pixels
     - modality0, modality1 (optional): [B] int64 category labels (else predicted)
+    - features0 (optional, inference): image0's (coarse, fine) backbone output from an
+      earlier call on the same image0; only image1 then goes through the backbone
 
     and returns a dict (the input is never modified):
 
@@ -260,9 +262,13 @@ class DistillMatch(nn.Module):
     def forward(self, data: dict[str, Tensor], match: bool = True) -> dict:
         image0, image1 = data["image0"], data["image1"]
         b = image0.shape[0]
-        coarse, fine = self.backbone(torch.cat([image0, image1], dim=0))
-        coarse0, coarse1 = coarse[:b], coarse[b:]
-        out: dict = {"coarse0": coarse0, "coarse1": coarse1, "fine0": fine[:b], "fine1": fine[b:]}
+        if "features0" in data:  # the same image0 as an earlier call: its features are known
+            coarse0, fine0 = data["features0"]
+            coarse1, fine1 = self.backbone(image1)
+        else:
+            coarse, fine = self.backbone(torch.cat([image0, image1], dim=0))
+            coarse0, coarse1, fine0, fine1 = coarse[:b], coarse[b:], fine[:b], fine[b:]
+        out: dict = {"coarse0": coarse0, "coarse1": coarse1, "fine0": fine0, "fine1": fine1}
 
         logits0, logits1 = self.injection.classify(coarse0), self.injection.classify(coarse1)
         out["modality_logits0"], out["modality_logits1"] = logits0, logits1
@@ -289,16 +295,27 @@ class DistillMatch(nn.Module):
 
     def match(self, out: dict) -> dict[str, Tensor]:
         """Mutual nearest neighbours of the confidence matrix, refined to sub-pixel."""
-        log_conf = out["log_conf"]
-        h, w = out["coarse0"].shape[-2:]
+        b_ids, i_ids, j_ids, score = self.coarse_matches(out["log_conf"])
+        return self.refine_matches(out, b_ids, i_ids, j_ids, score)
+
+    def coarse_matches(self, log_conf: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(batch, cell0, cell1, confidence) of the mutual nearest neighbours above the
+        threshold, the ``max_matches`` most confident when there are more."""
         threshold = math.log(self.conf.match_threshold) if self.conf.match_threshold > 0 else -math.inf
         b_ids, i_ids, j_ids, score = mutual_nearest(log_conf, threshold)
         score = score.exp()
         if len(score) > self.conf.max_matches:
             keep = score.topk(self.conf.max_matches).indices
             b_ids, i_ids, j_ids, score = b_ids[keep], i_ids[keep], j_ids[keep], score[keep]
+        return b_ids, i_ids, j_ids, score
+
+    def refine_matches(self, out: dict, b_ids: Tensor, i_ids: Tensor, j_ids: Tensor,
+                       score: Tensor) -> dict[str, Tensor]:
+        """The matches dict of coarse cell pairs, refined to sub-pixel on ``out``'s fine
+        features (fine0, fine1: [B x Df x H/2 x W/2]); ``score`` is their confidence."""
+        h, w = (s // (COARSE_STRIDE // FINE_STRIDE) for s in out["fine0"].shape[-2:])
         offset0, offset1, spread = self.refine_pairs(out, b_ids, i_ids, j_ids)
-        centres = window_centres(h, w, log_conf.device)
+        centres = window_centres(h, w, score.device)
         return {"batch": b_ids, "kpts0": centres[i_ids] + offset0, "kpts1": centres[j_ids] + offset1,
                 "confidence": score, "spread": spread, "cells0": i_ids, "cells1": j_ids}
 

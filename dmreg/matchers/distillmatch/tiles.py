@@ -6,6 +6,7 @@ prepare tiles and filter matches exactly as the PyTorch matcher does, without to
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -56,6 +57,17 @@ def modality_labels(pairs: Sequence[TilePair], attr: str, known: Sequence[str]) 
     if all(label in known for label in labels):
         return [list(known).index(label) for label in labels]
     return None
+
+
+def window_key(pair: TilePair) -> bytes:
+    """Identifies a pair's reference tile (its pixels, validity and both tiles' shapes):
+    what the network computed for it may serve a later call that reads the same tile."""
+    digest = hashlib.blake2b(digest_size=16)
+    ref = np.ascontiguousarray(pair.ref, dtype=np.float32)
+    digest.update(repr((ref.shape, np.shape(pair.mov), pair.ref_modality)).encode())
+    digest.update(ref.data)
+    digest.update(np.ascontiguousarray(pair.ref_valid, dtype=bool).data)
+    return digest.digest()
 
 
 def select_matches(pairs: Sequence[TilePair], batch: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray,
