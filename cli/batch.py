@@ -11,10 +11,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .console import configure_logging, exit_codes, stderr
-from .options import (CreationOptions, Debug, Device, DstNodata, Flip, GridName, OutputFormat, MatcherName, MaxError, MaxOffset,
-                      MaxTiles, TargetError, MinInliers, SarScale, RpcHeight, Dem, GcpTps, RotationSearch, Model, MovBand, MovModality, NoResample, Overwrite, Quiet, RansacThreshold, RefBand,
-                      RefModality, ResamplingName, TileOverlap, TileSize, Verbose, Weights, output_options,
-                      register_options)
+from .options import (CreationOptions, Debug, Dem, Device, DstNodata, Flip, GcpTps, GridName, MatcherName, MaxError,
+                      MaxOffset, MaxTiles, MinInliers, Model, MovBand, MovModality, NoResample, OutputFormat, Quiet,
+                      RansacThreshold, RefBand, RefModality, ResamplingName, RotationSearch, RpcHeight, SarScale,
+                      TargetError, TileOverlap, TileSize, Verbose, Weights, output_options, register_options)
 from .report import pairs_table
 from dmreg.batch.pairing import Pair, find_rasters, pairs_by_footprint, pairs_from_manifest, pairs_with_reference
 from dmreg.batch.runner import BatchOptions, run_batch

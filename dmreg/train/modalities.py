@@ -7,7 +7,6 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from dmreg.matchers.distillmatch.model import DistillMatch
 from dmreg.train.simulate import SIMULATIONS, Simulation, pseudo_infrared
