@@ -335,3 +335,19 @@ def test_ransac_survives_zero_nan_or_negative_confidences(bad):
     result = ransac("affine", src, dst, threshold=1.0, weights=weights)
     assert result is not None and (result.inliers & outlier).sum() <= 2
     assert ransac("affine", src, dst, threshold=1.0, weights=np.full(len(src), bad)) is not None
+
+
+def test_two_point_similarity_is_exact_and_refuses_coincident_points():
+    """RANSAC's minimal similarity sample is solved in closed form: it takes both
+    points exactly where they go (what least squares gives for two points)."""
+    from dmreg.estimate.models import fit
+
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        src, dst = rng.uniform(-5000, 5000, (2, 2)), rng.uniform(-5000, 5000, (2, 2))
+        model = fit("similarity", src, dst)
+        np.testing.assert_allclose(np.column_stack(model.apply(src[:, 0], src[:, 1])), dst, atol=1e-7)
+        m = model.matrix
+        assert m[0, 0] == m[1, 1] and m[0, 1] == -m[1, 0]
+    with pytest.raises(np.linalg.LinAlgError):
+        fit("similarity", np.array([[3.0, 4.0], [3.0, 4.0]]), np.array([[0.0, 0.0], [1.0, 1.0]]))

@@ -101,6 +101,8 @@ def fit(kind: str, src: np.ndarray, dst: np.ndarray) -> Transform:
         return _fit_polynomial2(src, dst)
     if kind == "translation":  # separate src/dst normalisers would add a scale
         return Transform(kind, matrix=_fit_translation(src, dst))
+    if kind == "similarity" and len(src) == 2:
+        return Transform(kind, matrix=_similarity_through(src, dst))
     ts, td = _normaliser(src), _normaliser(dst)
     a, b = _apply_h(ts, src), _apply_h(td, dst)
     m = {"similarity": _fit_similarity,
@@ -138,6 +140,19 @@ def _fit_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     A[1::2] = np.column_stack([a[:, 1], a[:, 0], np.zeros(n), np.ones(n)])
     p, *_ = np.linalg.lstsq(A, b.reshape(-1), rcond=None)
     return np.array([[p[0], -p[1], p[2]], [p[1], p[0], p[3]], [0, 0, 1.0]])
+
+
+def _similarity_through(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The similarity taking two points exactly onto two others (RANSAC's minimal
+    sample, thousands of times per search): in complex numbers z -> q z + t with
+    q = (d1 - d0) / (s1 - s0). Coincident source points determine no similarity."""
+    s0, s1 = complex(*src[0]), complex(*src[1])
+    d0, d1 = complex(*dst[0]), complex(*dst[1])
+    if abs(s1 - s0) < 1e-12 * max(1.0, abs(s0)):
+        raise np.linalg.LinAlgError("coincident points")
+    q = (d1 - d0) / (s1 - s0)
+    t = d0 - q * s0
+    return np.array([[q.real, -q.imag, t.real], [q.imag, q.real, t.imag], [0.0, 0.0, 1.0]])
 
 
 def _fit_affine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
