@@ -33,7 +33,7 @@ def raster_entry(path: str, info: RasterInfo | None) -> dict:
         "path": str(path),
         "crs": _crs_string(info),
         "georeferencing": info.georeferencing,
-        "transform": list(info.transform)[:6] if info.georeferencing in ("geotransform", "none") else None,
+        "transform": list(info.transform)[:6] if info.by_transform else None,
         "width": info.width,
         "height": info.height,
     }

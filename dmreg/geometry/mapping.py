@@ -19,9 +19,6 @@ from dmreg.errors import InputError
 from dmreg.io.raster import RasterInfo
 
 
-AFFINE_GEOREFERENCING = frozenset({"geotransform", "none"})
-
-
 class PointTransform(Protocol):
     def apply(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
     def inverse(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
@@ -50,7 +47,7 @@ class GeorefMapping:
     def affine(self) -> Affine | None:
         """The mapping as an affine transform when it is one (two geotransforms in one
         CRS), else None."""
-        if not self.same_crs or not {self.ref.georeferencing, self.mov.georeferencing} <= AFFINE_GEOREFERENCING:
+        if not (self.same_crs and self.ref.by_transform and self.mov.by_transform):
             return None
         return ~self.ref.transform @ self.mov.transform
 
@@ -65,8 +62,9 @@ class GeorefMapping:
     ) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(x, np.float64)
         y = np.asarray(y, np.float64)
-        if self.affine is not None:
-            return apply_affine(~dst.transform @ src.transform, x, y)
+        g = self.affine
+        if g is not None:
+            return apply_affine(g if src is self.mov else ~g, x, y)
         mx, my = src.to_map(x, y)
         if not self.same_crs:
             tx, ty = warp_transform(src.crs, dst.crs, mx.ravel(), my.ravel())

@@ -55,14 +55,18 @@ class RasterInfo:
         """geotransform, gcps, rpcs, or none (pixel space)."""
         if self.crs is None:
             return "none"
-        return "rpcs" if self.rpcs is not None else "gcps" if self.gcps else "geotransform"
+        return "geotransform" if self.by_transform else "rpcs" if self.rpcs is not None else "gcps"
+
+    @property
+    def by_transform(self) -> bool:
+        """Whether ``transform`` places the pixels (a geotransform, or pixel space)."""
+        return self.rpcs is None and not self.gcps
 
     def to_map(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pixel coordinates (x right, y down, pixel corners at integers) to ``crs``."""
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        if self.georeferencing in ("geotransform", "none"):
-            t = self.transform
-            return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+        if self.by_transform:
+            return self.transform @ (x, y)
         with self._transformer() as transformer:
             mx, my = transformer.xy(y.ravel(), x.ravel(), offset="ul")
         return np.asarray(mx, np.float64).reshape(x.shape), np.asarray(my, np.float64).reshape(y.shape)
@@ -70,9 +74,8 @@ class RasterInfo:
     def to_pixel(self, mx: np.ndarray, my: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Coordinates in ``crs`` to pixel coordinates (the inverse of :meth:`to_map`)."""
         mx, my = np.asarray(mx, np.float64), np.asarray(my, np.float64)
-        if self.georeferencing in ("geotransform", "none"):
-            t = ~self.transform
-            return t.a * mx + t.b * my + t.c, t.d * mx + t.e * my + t.f
+        if self.by_transform:
+            return ~self.transform @ (mx, my)
         with self._transformer() as transformer:
             rows, cols = transformer.rowcol(mx.ravel(), my.ravel(), op=np.positive)
         return np.asarray(cols, np.float64).reshape(mx.shape), np.asarray(rows, np.float64).reshape(my.shape)

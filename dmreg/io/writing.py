@@ -23,9 +23,10 @@ from rasterio.windows import Window
 
 from dmreg.errors import DmregError, OutputExistsError, OutputWriteError, UsageError
 from dmreg.io.band_metadata import copy_metadata
-from dmreg.io.sampling import CoordFn, sample_onto_grid
-from dmreg.runtime import thread_count
 from dmreg.io.raster import dtype_kind
+from dmreg.io.sampling import CoordFn, sample_onto_grid
+from dmreg.io.sar import is_complex
+from dmreg.runtime import thread_count
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
@@ -162,7 +163,7 @@ def gdal_can_warp(src: rasterio.io.DatasetReader) -> bool:
     """Whether GDAL's warper reads ``src`` as dmreg's own resampler would: real-valued
     bands whose validity is all-valid or a nodata value (complex SAR is written as
     amplitude, and explicit masks or alpha bands are honoured only by dmreg's reader)."""
-    if dtype_kind(src.dtypes[0]) == "c":
+    if is_complex(src):
         return False
     return all(flags == [MaskFlags.all_valid] or MaskFlags.nodata in flags for flags in src.mask_flag_enums)
 
@@ -236,4 +237,3 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         yield
-

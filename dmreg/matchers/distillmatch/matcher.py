@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from dmreg.errors import UsageError
-from dmreg.runtime import thread_count
 from dmreg.matchers.base import TileMatches, TilePair
 from dmreg.matchers.distillmatch.model import COARSE_STRIDE, DistillMatch
 from dmreg.matchers.distillmatch.tiles import (
@@ -30,6 +29,7 @@ from dmreg.matchers.distillmatch.tiles import (
     window_key,
 )
 from dmreg.matchers.distillmatch.weights import WeightsCard, load_model
+from dmreg.runtime import thread_count
 
 REUSE_WITHIN_PX = 1.0
 """A fine pass reuses the coarse matches an earlier pass found in the same tile window
