@@ -4,7 +4,9 @@ the previous one fitted, until the model is pinned down.
 Tiles are taken in an order that spreads over the overlap and read a batch ahead of the
 matcher; a pass stops once the model fitted to its matches so far is precise enough
 (:class:`TileBudget`). A second pass removes the bias of sub-pixel peaks measured away
-from zero offset, and runs only when the first one moved the model.
+from zero offset, and runs only when the first one moved the model further than the
+matcher's peaks are biased by: a first pass that turns out not to move it becomes the
+final one while it runs.
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ offset: it stops at three times the target error."""
 REFINE_TOLERANCE_PX = 0.05
 """Working pixels: a pass whose model moved no further than this from the one its tiles
 were read through needs no refinement pass (the sub-pixel peaks were already measured
-near zero offset)."""
+near zero offset). A matcher that knows how little its peaks are biased says so in its
+``refine_tolerance_px``."""
+
+FINAL_FIRST_CHECK = 16
+"""Tiles the final pass matches before its first check: a bootstrap over fewer blocks
+underestimates the spread."""
 
 
 @dataclass
@@ -76,14 +83,15 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
     threshold = options.ransac_threshold_px * work_scale
     passes: list[dict] = []
     told: Callable[[float | None, bool], None] | None = getattr(matcher, "fine_pass", None)
+    tolerance = getattr(matcher, "refine_tolerance_px", REFINE_TOLERANCE_PX) * work_scale
     moved: float | None = None
     try:
         for refinement in range(1 + options.refinements):
             radius = SEARCH_SPREAD * fine_offset * work_scale
             final = refinement == options.refinements
             budget = TileBudget(_budget_kind(options, passes, coarse), threshold, radius, options, at,
-                                options.target_error_px * work_scale * (1 if final else FIRST_PASS_SLACK),
-                                16 if final else 8, timings)
+                                options.target_error_px * work_scale, final, timings,
+                                None if final else _Promotion(initial, overlap, tolerance))
             if told:  # tile pixels: how far the model this pass reads through moved from the last one's
                 told(None if moved is None else moved / work_scale, final)
             matches, n_matched = _match_tiles(reader, matcher, georef, initial, tiles, order, fine_offset,
@@ -99,7 +107,7 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
                            "stopped_early": budget.stopped, "model": selected.kind, "moved_px": round(moved, 4)})
             initial, fine_offset = selected.transform, 4.0
             precise = not budget.stopped or budget.ce90_px <= options.target_error_px * work_scale
-            if moved <= REFINE_TOLERANCE_PX * work_scale and precise and not final:
+            if moved <= tolerance and precise and not final:
                 log.info("pass %d moved the model by %.3f px at most: no further pass needed", refinement + 1,
                          moved)
                 break
@@ -133,21 +141,39 @@ def _tile_size(matcher: Matcher, overlap: Polygon, work_scale: float, options: R
     return min(size, max(balanced, 64))
 
 
+@dataclass(frozen=True)
+class _Promotion:
+    """What makes a first pass the final one: its model stays within ``tolerance`` of
+    ``initial``, the model its tiles were read through, everywhere in ``overlap``."""
+
+    initial: Transform
+    overlap: Polygon
+    tolerance: float
+
+
 class TileBudget:
     """When a pass has matched enough tiles: once the model ``kind`` fitted to its matches
     so far has a predicted CE90 at the check grid no larger than the target. The final
-    pass is first checked after 16 tiles (a bootstrap over fewer blocks underestimates
-    the spread), a pass a refinement follows after 8; then each time 1.5 x as many have
-    been read, so the checks cost a bounded share of the pass. A hard pair never gets
-    there and is matched over every planned tile."""
+    pass is first checked after ``FINAL_FIRST_CHECK`` tiles; a pass a refinement follows
+    after 8, against ``FIRST_PASS_SLACK`` x the target, as its peaks are measured again.
+    Then each time 1.5 x as many have been read, so the checks cost a bounded share of
+    the pass. A hard pair never gets there and is matched over every planned tile.
+
+    A first pass whose model, at a check, has not moved beyond the ``promotion``
+    tolerance needs no refinement: it becomes the final pass there and then (the full
+    target, checked from ``FINAL_FIRST_CHECK`` tiles on), which saves a second reading
+    of the tiles it already matched."""
 
     GROWTH = 1.5
 
     def __init__(self, kind: str, threshold: float, search_radius: float, options: RegisterOptions,
-                 at: np.ndarray, target_px: float, first_check: int, timings: dict[str, float]):
+                 at: np.ndarray, target_px: float, final: bool, timings: dict[str, float],
+                 promotion: _Promotion | None = None):
         self.threshold, self.search_radius, self.options, self.at = threshold, search_radius, options, at
-        self.target_px, self.timings, self.kind = target_px, timings, kind
-        self.next_check = first_check if target_px > 0 else math.inf
+        self.final_target_px, self.timings, self.kind, self.promotion = target_px, timings, kind, promotion
+        self.final = final
+        self.target_px = target_px if final else target_px * FIRST_PASS_SLACK
+        self.next_check = (FINAL_FIRST_CHECK if final else 8) if target_px > 0 else math.inf
         self.tiles_read = 0
         self.stopped = False
         self.ce90_px = math.inf
@@ -167,6 +193,8 @@ class TileBudget:
                              search_radius=self.search_radius).get(self.kind)
             if fitted is None or not fitted.meaningful or fitted.n_inliers < self.options.min_inliers:
                 return False
+            if not self.final and self._promoted(fitted.transform):
+                return False
             self.ce90_px = bootstrap_uncertainty(fitted.transform, matches.pred_px, matches.ref_px,
                                                  fitted.inliers, matches.tile, self.at, seed=self.options.seed).ce90_px
         finally:
@@ -175,6 +203,17 @@ class TileBudget:
                   self.ce90_px, self.target_px)
         self.stopped = self.ce90_px <= self.target_px
         return self.stopped
+
+    def _promoted(self, model: Transform) -> bool:
+        """Whether this check made the pass final and its next check is still to come."""
+        p = self.promotion
+        if p is None or not largest_distance(p.initial, model, p.overlap) <= p.tolerance:
+            return False
+        self.final, self.target_px = True, self.final_target_px
+        log.debug("%d tiles read: the model stays within %.3f px of the one read through: this pass is final",
+                  self.tiles_read, p.tolerance)
+        self.next_check = max(self.next_check, FINAL_FIRST_CHECK)
+        return self.tiles_read < FINAL_FIRST_CHECK
 
 
 def _budget_kind(options: RegisterOptions, passes: list[dict], coarse: dict) -> str:

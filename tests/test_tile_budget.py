@@ -89,3 +89,21 @@ def test_spread_order_puts_the_centre_first_then_spreads():
 def test_spread_order_of_one_or_no_tile():
     assert spread_order([]) == []
     assert spread_order([Grid(0, 0, 1.0, 10, 10)]) == [0]
+
+
+def test_a_first_pass_that_does_not_move_the_model_becomes_the_final_one(large_pair):
+    """The shift is whole pixels of the georeferencing, which the coarse stage already
+    finds to well under the structural matcher's tolerance: the first pass is promoted at
+    its first check and no tile is read twice. A matcher that tolerates no movement
+    reads them again in a refinement pass, for no better answer."""
+    from dmreg.fine import FINAL_FIRST_CHECK
+    from dmreg.matchers.structural import StructuralMatcher
+
+    promoted = estimate(large_pair["ref"], large_pair["easy"], OPTIONS)
+    assert len(promoted.passes) == 1, promoted.passes
+    assert promoted.passes[0]["moved_px"] <= StructuralMatcher.refine_tolerance_px
+    assert FINAL_FIRST_CHECK <= promoted.passes[0]["tiles_read"] <= 24 and promoted.passes[0]["stopped_early"]
+    strict = estimate(large_pair["ref"], large_pair["easy"], OPTIONS, matcher=StructuralMatcher(refine_tolerance_px=0))
+    assert len(strict.passes) == 2, strict.passes
+    assert strict.passes[0]["tiles_read"] == 8  # the first check, at three times the target, stopped it
+    assert _error(promoted) <= _error(strict) + 0.01
