@@ -247,8 +247,15 @@ class _Posterior:
 
 
 def _kernel(a: np.ndarray, b: np.ndarray, length: float) -> np.ndarray:
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
-    return np.exp(-np.maximum(d2, 0.0) / (2 * length * length))
+    """Squared-exponential kernel matrix, built in place: the cross kernels of thousands
+    of points with hundreds of centres are the local fit's largest arrays."""
+    k = a @ b.T
+    k *= -2.0
+    k += (a * a).sum(1)[:, None]
+    k += (b * b).sum(1)[None, :]
+    np.maximum(k, 0.0, out=k)
+    k *= -1.0 / (2 * length * length)
+    return np.exp(k, out=k)
 
 
 def _eigen(c: _Centres, length: float) -> tuple[np.ndarray, np.ndarray]:
