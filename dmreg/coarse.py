@@ -34,6 +34,11 @@ ORIENTATION_ITERATIONS = 500
 """RANSAC samples per orientation tried: a wrong orientation has no consensus to find and
 would otherwise use the full 2000; 500 two-point samples still find a 10 % inlier
 consensus with probability 0.993."""
+DOMINANT_SHARE = 0.5
+"""An orientation whose consensus holds at least half of its matches ends the search:
+wrong ones hold a sixth or less (measured on the 800 px DistillMatch benchmark pair:
+7-16 % of the matches, against 74 % at the right orientation)."""
+MIN_DOMINANT_INLIERS = 20
 SEARCH_SPREAD = 1.5
 """Matchers accept matches up to 1.5 x ``max_offset`` from the prediction: the radius of
 the disk a random match falls in, for the a-contrario test."""
@@ -132,7 +137,9 @@ def search_orientation(reader: TileReader, matcher: Matcher, georef: GeorefMappi
                         work_scale: float, options: RegisterOptions) -> tuple[Transform, dict]:
     """The orientation (and, with ``flip``, mirroring) of the moving raster under which
     the coarse matches are most meaningful, tried over the full circle on a small grid at
-    the step the matcher tolerates (``rotation_step_deg``)."""
+    the step the matcher tolerates (``rotation_step_deg``), upright first. An orientation
+    whose consensus dominates its matches (``DOMINANT_SHARE``) ends the search there: an
+    upright pair, the usual case, costs one trial instead of the full circle."""
     grid = grid_over(overlap, ORIENTATION_SEARCH_SIZE, min_scale=work_scale)
     max_offset = default_max_offset(grid)
     threshold = _threshold(options, grid)
@@ -141,7 +148,9 @@ def search_orientation(reader: TileReader, matcher: Matcher, georef: GeorefMappi
     trials = [(angle, mirrored) for mirrored in ((False, True) if options.flip else (False,))
               for angle in np.arange(0.0, 360.0, step)]
     best = (math.inf, IDENTITY, 0.0, False)
+    tried = 0
     for angle, mirrored in trials:
+        tried += 1
         turn = _turn(float(angle), mirrored, centre.x, centre.y)
         found = _coarse_matches(reader, matcher, georef, grid, max_offset, turn)
         if isinstance(found, str):
@@ -151,8 +160,11 @@ def search_orientation(reader: TileReader, matcher: Matcher, georef: GeorefMappi
         score = fitted.consensus.log10_nfa if fitted is not None else math.inf
         if score < best[0]:
             best = (score, turn, float(angle), mirrored)
+        if fitted is not None and fitted.meaningful and fitted.n_inliers >= max(
+                MIN_DOMINANT_INLIERS, DOMINANT_SHARE * len(found[0])):
+            break
     score, turn, angle, mirrored = best
-    info = {"tried": len(trials), "step_deg": step, "angle_deg": angle, "mirrored": mirrored,
+    info = {"tried": tried, "of": len(trials), "step_deg": step, "angle_deg": angle, "mirrored": mirrored,
             "log10_nfa": round(score, 2) if math.isfinite(score) else None}
     return turn, info
 
