@@ -237,7 +237,7 @@ def main() -> int:
             out_desc = f"{o.width} x {o.height} x {o.count} {o.dtypes[0]}, {o.compression.name if o.compression else 'none'}, blocks {o.block_shapes[0]}"
         check = content_check(out, sources[args.band])
         lines += [
-            f"dmreg timings (s)    " + ", ".join(f"{k} {v}" for k, v in rep["timings_s"].items()),
+            "dmreg timings (s)    " + ", ".join(f"{k} {v}" for k, v in rep["timings_s"].items()),
             f"model                {rep['model']['type']}  (coarse: {rep['coarse'].get('model')}, "
             f"{rep['coarse'].get('matches')} matches)",
             f"tiles matched        {q['tiles_matched']} / {q['tiles']}; matches {q['matches']}, inliers {q['inliers']}, "
