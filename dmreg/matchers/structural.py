@@ -26,11 +26,6 @@ from dmreg.matchers.structure import parabola_offset, gradient_energy, oriented_
 from dmreg.runtime import thread_count
 
 
-HALF_RESOLUTION_MIN_SIDE = 64
-"""Tiles whose shorter side is at least twice this find their overall shift at half
-resolution."""
-
-
 @dataclass
 class StructuralMatcher:
     """Template matching on :func:`oriented_gradients` descriptors."""
@@ -75,7 +70,7 @@ class StructuralMatcher:
         shift = np.zeros(2)
         radius = int(np.ceil(pair.max_offset)) + 2
         if radius > self.local_radius + 2:
-            dx, dy = _global_shift(ref_d, mov_d)
+            dx, dy, _ = phase_correlate(ref_d, mov_d)
             if np.hypot(dx, dy) <= pair.max_offset * 1.5:
                 shift = np.round([dx, dy])
                 radius = self.local_radius
@@ -125,20 +120,6 @@ class StructuralMatcher:
         ref_ok = cv2.boxFilter(pair.ref_valid.astype(np.float32), -1, (size + 2 * radius,) * 2, normalize=True)
         usable = (mov_ok[ys, xs] >= 0.95) & (ref_ok[cy, cx] >= 0.9) & (texture[ys, xs] >= self.min_texture)
         return xs[usable], ys[usable]
-
-
-def _global_shift(ref_d: np.ndarray, mov_d: np.ndarray) -> tuple[float, float]:
-    """The tile's overall shift by phase correlation of the descriptor planes at half
-    resolution: it only centres the templates' search of ``local_radius`` pixels, so a
-    pixel of precision is plenty, at a quarter of the full-resolution cost."""
-    rows, cols = ref_d.shape[1:]
-    if min(rows, cols) < 2 * HALF_RESOLUTION_MIN_SIDE:
-        dx, dy, _ = phase_correlate(ref_d, mov_d)
-        return dx, dy
-    size = (cols // 2, rows // 2)
-    dx, dy, _ = phase_correlate(*(np.stack([cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in d])
-                                  for d in (ref_d, mov_d)))
-    return 2 * dx, 2 * dy
 
 
 def _correlations(ref_d: np.ndarray, mov_d: np.ndarray, xs: np.ndarray, ys: np.ndarray, x0: np.ndarray,
