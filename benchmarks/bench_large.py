@@ -189,12 +189,29 @@ def content_check(aligned: Path, mov_src: Path, n: int = 6) -> dict:
             "valid_fraction": float(np.mean(valid_frac))}
 
 
+def matcher_lines(rep: dict) -> list[str]:
+    """The fine passes' matcher throughput (the coarse level is one more, larger tile of
+    its own and is left out) and, on a GPU, the peak memory the matching took."""
+    matcher = rep.get("matcher") or {}
+    tiles = sum(p.get("tiles_read", 0) for p in rep.get("passes") or [])
+    match_s = (rep.get("timings_s") or {}).get("match")
+    lines = [f"matcher              {matcher.get('name')} on {matcher.get('device')}"]
+    if tiles and match_s:
+        lines.append(f"fine tiles           {tiles} read over {len(rep['passes'])} pass(es): {match_s / tiles:.3f} s per "
+                     f"tile, {tiles / match_s:.2f} tiles/s")
+    if matcher.get("peak_memory_mb") is not None:
+        lines.append(f"peak GPU memory      {matcher['peak_memory_mb']:.0f} MB")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regenerate", action="store_true", help="rewrite the upsampled inputs")
     ap.add_argument("--band", default="B2", choices=("B2", "B3"), help="moving band (default %(default)s)")
     ap.add_argument("--rss-cap-mb", type=float, default=4000.0, help="kill dmreg above this RSS (default %(default)s)")
     ap.add_argument("--tag", default="default", help="results go to results/large/TAG/ (default %(default)s)")
+    ap.add_argument("--matcher", help="dmreg's --matcher (default: dmreg's own)")
+    ap.add_argument("--device", help="dmreg's --device, e.g. cuda (default: dmreg's own)")
     ap.add_argument("extra", nargs="*", help="extra `dmreg register` options (after --)")
     args = ap.parse_args()
 
@@ -215,7 +232,8 @@ def main() -> int:
     for p in (out, report):
         p.unlink(missing_ok=True)
     cmd = [dmreg, "register", str(ref), str(mov), "-o", str(out), "--of", "GTiff", "--report", str(report),
-           "--overwrite", "-v", *args.extra]
+           "--overwrite", "-v", *(["--matcher", args.matcher] if args.matcher else []),
+           *(["--device", args.device] if args.device else []), *args.extra]
     print(f"\n$ {' '.join(cmd)}", flush=True)
     run = run_child(cmd, log, args.rss_cap_mb)
 
@@ -249,6 +267,7 @@ def main() -> int:
             f"content check        mean |aligned - truth| {check['mad_aligned_dn']:.1f} DN vs unaligned "
             f"{check['mad_unaligned_dn']:.1f} DN over {check['blocks']} random 512 blocks",
         ]
+        lines += matcher_lines(rep)
         if rep.get("warnings"):
             lines.append(f"warnings             {'; '.join(rep['warnings'])}")
         summary.update(model=rep["model"]["type"], max_px=float(err.max()), mean_px=float(err.mean()),

@@ -140,43 +140,6 @@ def fit_local(base: Transform, src: np.ndarray, dst: np.ndarray, tiles: np.ndarr
     return _local_transform(base, extent, post, hyper, int(keep.sum()))
 
 
-@dataclass(frozen=True, eq=False)
-class RefittedField:
-    """A field refitted with fixed hyperparameters, on top of ``base``: evaluated exactly
-    at the points asked for, without the grid a :class:`LocalTransform` stores."""
-
-    base: Transform
-    posterior: _Posterior | None
-
-    def apply(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        bx, by = self.base.apply(x, y)
-        if self.posterior is None:
-            return bx, by
-        field = self.posterior.mean(np.column_stack([np.ravel(x), np.ravel(y)]))
-        return bx + field[:, 0].reshape(np.shape(bx)), by + field[:, 1].reshape(np.shape(by))
-
-
-def refit_local(model: LocalTransform, base: Transform, src: np.ndarray, dst: np.ndarray,
-                tiles: np.ndarray | None = None) -> RefittedField:
-    """``model``'s field refitted to other matches (a cross-validation fold) on top of
-    ``base``, with ``model``'s hyperparameters: the same two rounds of outlier screening
-    as :func:`fit_local`, but no evidence search, so a fold costs three eigendecompositions
-    instead of a dozen. Three numbers chosen on all matches barely leak the held-out
-    ones, while the field itself is fitted on the training matches alone."""
-    src = np.asarray(src, np.float64).reshape(-1, 2)
-    dst = np.asarray(dst, np.float64).reshape(-1, 2)
-    hyper = _Hyper(model.length_scale, model.sigma_f, model.sigma_n)
-    if hyper.sigma_f == 0 or len(src) < MIN_MATCHES:
-        return RefittedField(base, None)
-    r = dst - np.column_stack(base.apply(src[:, 0], src[:, 1]))
-    coarse = _thin(src, r, np.ones(len(src)), min(SEARCH_CENTRES, max(len(src) // ROBUST_PER_CELL, 1)),
-                   robust=True)
-    keep, weights, _ = _screen(r - _posterior(coarse, hyper).mean(src), tiles)
-    post = _posterior(_thin(src[keep], r[keep], weights[keep], SEARCH_CENTRES), hyper)
-    keep, weights, _ = _screen(r - post.mean(src), tiles)
-    return RefittedField(base, _posterior(_thin(src[keep], r[keep], weights[keep], MAX_CENTRES), hyper))
-
-
 def refitted_prediction(model: LocalTransform, src: np.ndarray, dst: np.ndarray,
                         at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where ``model``, refitted to other matches (its base kind by least squares, the

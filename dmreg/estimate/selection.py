@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dmreg.estimate.blocks import MIN_BLOCKS, spatial_blocks
-from dmreg.estimate.local import fit_local, refit_local
+from dmreg.estimate.local import fit_local
 from dmreg.estimate.models import KINDS, fit
 from dmreg.estimate.robust import ModelFit
 from dmreg.estimate.uncertainty import bootstrap_uncertainty, finite_or_none
@@ -164,7 +164,7 @@ def choose_model(fits: dict[str, ModelFit], src: np.ndarray, dst: np.ndarray, ti
 
     def local_fitter(a: np.ndarray, b: np.ndarray, train: np.ndarray) -> PointTransform:
         base = fit(best, a[train & base_inliers], b[train & base_inliers])
-        return refit_local(model, base, a[train], b[train], tiles[train])
+        return fit_local(base, a[train], b[train], tiles[train], seed=seed)
 
     every_block = spatial_blocks(src, tiles)
     pair = cross_validate({best: _global_fitter(best, base_inliers), "local": local_fitter}, src, dst,
