@@ -104,7 +104,8 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
             timings["fit"] += time.perf_counter() - t
             moved = largest_distance(initial, selected.transform, overlap)
             passes.append({"tiles_read": budget.tiles_read, "tiles_matched": n_matched, "matches": len(matches),
-                           "stopped_early": budget.stopped, "model": selected.kind, "moved_px": round(moved, 4)})
+                           "stopped_early": budget.stopped, "promoted": budget.final and not final,
+                           "model": selected.kind, "moved_px": round(moved, 4)})
             initial, fine_offset = selected.transform, 4.0
             precise = not budget.stopped or budget.ce90_px <= options.target_error_px * work_scale
             if moved <= tolerance and precise and not final:

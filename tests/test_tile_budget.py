@@ -103,7 +103,9 @@ def test_a_first_pass_that_does_not_move_the_model_becomes_the_final_one(large_p
     assert len(promoted.passes) == 1, promoted.passes
     assert promoted.passes[0]["moved_px"] <= StructuralMatcher.refine_tolerance_px
     assert FINAL_FIRST_CHECK <= promoted.passes[0]["tiles_read"] <= 24 and promoted.passes[0]["stopped_early"]
+    assert promoted.passes[0]["promoted"]
     strict = estimate(large_pair["ref"], large_pair["easy"], OPTIONS, matcher=StructuralMatcher(refine_tolerance_px=0))
     assert len(strict.passes) == 2, strict.passes
     assert strict.passes[0]["tiles_read"] == 8  # the first check, at three times the target, stopped it
+    assert not any(p["promoted"] for p in strict.passes)
     assert _error(promoted) <= _error(strict) + 0.01
