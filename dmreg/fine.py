@@ -6,7 +6,8 @@ matcher; a pass stops once the model fitted to its matches so far is precise eno
 (:class:`TileBudget`). A second pass removes the bias of sub-pixel peaks measured away
 from zero offset, and runs only when the first one moved the model further than the
 matcher's peaks are biased by: a first pass that turns out not to move it becomes the
-final one while it runs.
+final one while it runs, and searches its remaining tiles as narrowly as a refinement
+pass would.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
@@ -54,6 +55,11 @@ near zero offset). A matcher that knows how little its peaks are biased says so 
 FINAL_FIRST_CHECK = 16
 """Tiles the final pass matches before its first check: a bootstrap over fewer blocks
 underestimates the spread."""
+
+REFINED_OFFSET = 4.0
+"""Working pixels: the search bound of tiles read through a model the fine stage fitted
+(a refinement pass, or the rest of a promoted one): their content is already within a
+fraction of a pixel, and this leaves room for local distortion."""
 
 
 @dataclass
@@ -106,7 +112,7 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
             passes.append({"tiles_read": budget.tiles_read, "tiles_matched": n_matched, "matches": len(matches),
                            "stopped_early": budget.stopped, "promoted": budget.final and not final,
                            "model": selected.kind, "moved_px": round(moved, 4)})
-            initial, fine_offset = selected.transform, 4.0
+            initial, fine_offset = selected.transform, REFINED_OFFSET
             precise = not budget.stopped or budget.ce90_px <= options.target_error_px * work_scale
             if moved <= tolerance and precise and not final:
                 log.info("pass %d moved the model by %.3f px at most: no further pass needed", refinement + 1,
@@ -163,7 +169,9 @@ class TileBudget:
     A first pass whose model, at a check, has not moved beyond the ``promotion``
     tolerance needs no refinement: it becomes the final pass there and then (the full
     target, checked from ``FINAL_FIRST_CHECK`` tiles on), which saves a second reading
-    of the tiles it already matched."""
+    of the tiles it already matched. Its remaining tiles are then searched within
+    ``REFINED_OFFSET`` (:attr:`search_offset`), as a refinement pass's would be: their
+    reads went through a model that the check found within the tolerance."""
 
     GROWTH = 1.5
 
@@ -178,11 +186,18 @@ class TileBudget:
         self.tiles_read = 0
         self.stopped = False
         self.ce90_px = math.inf
+        self.search_offset: float | None = None  # working px; None: the pass's own bound
 
     @property
     def due(self) -> bool:
         """Whether enough tiles have been read since the last check for another one."""
         return self.tiles_read >= self.next_check
+
+    @property
+    def horizon(self) -> float:
+        """How many tiles may be read before the next check decides whether more are
+        needed (at least one more than so far: a check only runs once there are matches)."""
+        return max(self.next_check, self.tiles_read + 1)
 
     def enough(self, matches: Correspondences) -> bool:
         """Check the matches so far (call when :attr:`due`)."""
@@ -210,7 +225,7 @@ class TileBudget:
         p = self.promotion
         if p is None or not largest_distance(p.initial, model, p.overlap) <= p.tolerance:
             return False
-        self.final, self.target_px = True, self.final_target_px
+        self.final, self.target_px, self.search_offset = True, self.final_target_px, REFINED_OFFSET
         log.debug("%d tiles read: the model stays within %.3f px of the one read through: this pass is final",
                   self.tiles_read, p.tolerance)
         self.next_check = max(self.next_check, FINAL_FIRST_CHECK)
@@ -255,10 +270,12 @@ def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, in
                                          np.full(len(found), index)))
         batch.clear()
 
-    with closing(_read_ahead(reader, tiles, order, mapping, max_offset)) as pairs:
+    with closing(_read_ahead(reader, tiles, order, mapping, max_offset, lambda: budget.horizon)) as pairs:
         for done, (index, pair) in enumerate(pairs, start=1):
             budget.tiles_read = done
             if pair is not None:
+                if budget.search_offset is not None and budget.search_offset < pair.max_offset:
+                    pair = replace(pair, max_offset=budget.search_offset)
                 batch.append((index, pair))
             if len(batch) >= reader.options.batch_size or (batch and budget.due):
                 flush()
@@ -276,26 +293,32 @@ def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, in
 
 
 def _read_ahead(reader: TileReader, tiles: list[Grid], order: list[int], mapping: CorrectedMapping,
-                max_offset: float) -> Iterator[tuple[int, TilePair | None]]:
+                max_offset: float, horizon: Callable[[], float]) -> Iterator[tuple[int, TilePair | None]]:
     """The tile pairs in ``order``, read by a background thread up to a batch ahead of
-    the matcher, so that reading and matching overlap. Reads still queued when the
-    caller stops are cancelled and running ones finished before returning: the next
-    pass must not read the same datasets from two threads at once."""
+    the matcher, so that reading and matching overlap, but never beyond ``horizon()``
+    tiles: a read past the check that ends the pass would be wasted. Reads still queued
+    when the caller stops are cancelled and running ones finished before returning: the
+    next pass must not read the same datasets from two threads at once."""
     pending: deque[tuple[int, Future]] = deque()
     upcoming = iter(order)
+    submitted = 0
     with ThreadPoolExecutor(1, thread_name_prefix="dmreg-tiles") as pool:
-        def submit() -> None:
-            index = next(upcoming, None)
-            if index is not None:
+        def fill() -> None:
+            nonlocal submitted
+            while len(pending) < reader.options.batch_size and submitted < horizon():
+                index = next(upcoming, None)
+                if index is None:
+                    return
                 pending.append((index, pool.submit(reader.pair, tiles[index], mapping.inverse, max_offset)))
+                submitted += 1
 
-        for _ in range(reader.options.batch_size):
-            submit()
         try:
+            fill()
             while pending:
                 index, read = pending.popleft()
-                submit()
+                fill()
                 yield index, read.result()
+                fill()  # the caller may have checked the budget, and moved its horizon
         finally:
             for _, read in pending:
                 read.cancel()

@@ -9,12 +9,13 @@ decimated read (GDAL overviews when the file has them), so nothing aliases.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -160,12 +161,14 @@ def _source_window(
     not converge) are left out: those output pixels come out invalid. The window's
     margin is ``MARGIN_PX`` decimated pixels, so the interpolation at the grid's edges
     always has its neighbours, whatever the decimation."""
-    finite = np.isfinite(sx) & np.isfinite(sy)
-    if not finite.any():
-        return None, 1.0
-    xs, ys = (sx, sy) if finite.all() else (sx[finite], sy[finite])
-    lo_x, lo_y = int(np.floor(xs.min())), int(np.floor(ys.min()))
-    hi_x, hi_y = int(np.ceil(xs.max())), int(np.ceil(ys.max()))
+    bounds = np.array([sx.min(), sy.min(), sx.max(), sy.max()])  # NaN when any coordinate is
+    if not np.isfinite(bounds).all():
+        finite = np.isfinite(sx) & np.isfinite(sy)
+        if not finite.any():
+            return None, 1.0
+        bounds = np.array([sx[finite].min(), sy[finite].min(), sx[finite].max(), sy[finite].max()])
+    lo_x, lo_y = int(np.floor(bounds[0])), int(np.floor(bounds[1]))
+    hi_x, hi_y = int(np.ceil(bounds[2])), int(np.ceil(bounds[3]))
     if min(hi_x, ds.width) <= max(lo_x, 0) or min(hi_y, ds.height) <= max(lo_y, 0):
         return None, 1.0
     factor = _decimation(sx, sy, cols, rows)
@@ -181,12 +184,11 @@ def _source_window(
 
 def _decimation(sx: np.ndarray, sy: np.ndarray, cols: int, rows: int) -> float:
     """Source pixels per output pixel (whole, at least 1), the median of the local
-    Jacobian on every 8th row and column: the mappings are smooth, and the median needs
+    Jacobian at every 8th row and column: the mappings are smooth, and the median needs
     no more."""
-    along_rows, along_cols = (slice(None, None, 8), slice(None)), (slice(None), slice(None, None, 8))
-    dx = (np.hypot(np.diff(sx[along_rows], axis=1), np.diff(sy[along_rows], axis=1)) if cols > 1
+    dx = (np.hypot(sx[::8, 1::8] - sx[::8, :-1:8], sy[::8, 1::8] - sy[::8, :-1:8]) if cols > 1
           else np.ones(1))
-    dy = (np.hypot(np.diff(sx[along_cols], axis=0), np.diff(sy[along_cols], axis=0)) if rows > 1
+    dy = (np.hypot(sx[1::8, ::8] - sx[:-1:8, ::8], sy[1::8, ::8] - sy[:-1:8, ::8]) if rows > 1
           else np.ones(1))
     if not (np.isfinite(dx).any() and np.isfinite(dy).any()):
         return 1.0
@@ -209,13 +211,36 @@ def _read_window(
                 list(bands), window=window, out_shape=(len(bands), *out_shape),
                 resampling=Resampling.average if decimated and averaged else Resampling.nearest,
             )
-        mask = ds.read_masks(
-            bands[0], window=window, out_shape=out_shape, resampling=Resampling.nearest
-        )
+        valid = _valid_from_values(ds, bands[0], data[0])
+        if valid is None:
+            valid = ds.read_masks(bands[0], window=window, out_shape=out_shape, resampling=Resampling.nearest) > 0
     except RasterioError as exc:
         raise InputError(f"{ds.name}: cannot read pixels ({str(exc).splitlines()[0]})") from exc
     if np.iscomplexobj(data):
         data = np.abs(data)
     data = data.astype(np.float32, copy=False)
-    valid = (mask > 0) & np.isfinite(data).all(axis=0)
-    return data, valid
+    return data, valid & np.isfinite(data).all(axis=0)
+
+
+def _valid_from_values(ds: rasterio.io.DatasetReader, band: int, values: np.ndarray) -> np.ndarray | None:
+    """The band's mask computed from the values just read, when the mask is only "all
+    valid" or "not the nodata value"; None for other masks (GDAL reads those). GDAL would
+    otherwise decode the blocks a second time to derive the same nodata mask, and a
+    decimated read of a whole scene does not fit its block cache. On averaged values
+    this marks valid every pixel that averages at least one valid source pixel (GDAL's
+    average leaves nodata out)."""
+    flags = ds.mask_flag_enums[band - 1]
+    if flags == [MaskFlags.all_valid]:
+        return np.ones(values.shape, bool)
+    if flags != [MaskFlags.nodata] or np.iscomplexobj(values):
+        return None
+    nodata = ds.nodatavals[band - 1]
+    if nodata is None:
+        return None
+    if math.isnan(nodata):
+        return ~np.isnan(values)
+    if values.dtype.kind in "iu":
+        limits = np.iinfo(values.dtype)
+        if not (float(nodata).is_integer() and limits.min <= nodata <= limits.max):
+            return np.ones(values.shape, bool)  # no value of this type is the nodata value
+    return values != np.asarray(nodata).astype(values.dtype)
