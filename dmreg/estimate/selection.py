@@ -164,7 +164,7 @@ def choose_model(fits: dict[str, ModelFit], src: np.ndarray, dst: np.ndarray, ti
 
     def local_fitter(a: np.ndarray, b: np.ndarray, train: np.ndarray) -> PointTransform:
         base = fit(best, a[train & base_inliers], b[train & base_inliers])
-        return fit_local(base, a[train], b[train], tiles[train], seed=seed)
+        return fit_local(base, a[train], b[train], tiles[train], seed=seed, spread=False)
 
     every_block = spatial_blocks(src, tiles)
     pair = cross_validate({best: _global_fitter(best, base_inliers), "local": local_fitter}, src, dst,
