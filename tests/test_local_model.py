@@ -150,3 +150,12 @@ def test_std_is_small_near_matches_and_large_away_from_them(smooth):
     far = smooth.std_at(np.array([beyond]), np.array([500.0]))
     assert near.max() < 0.2 and far[0] > 5 * near.max()
 
+
+
+def test_a_fit_without_its_spread_has_the_same_field(smooth):
+    """Cross-validation folds only apply the field: skipping the spread must not change it."""
+    src, dst, _, tiles = matches()
+    quick = fit_local(fit("affine", src, dst), src, dst, tiles, spread=False)
+    np.testing.assert_array_equal(quick.dx, smooth.dx)
+    np.testing.assert_array_equal(quick.dy, smooth.dy)
+    assert np.isnan(quick.sd).all() and np.isfinite(smooth.sd).all()

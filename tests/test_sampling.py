@@ -245,3 +245,51 @@ def test_a_block_stretched_over_the_whole_raster_reads_a_bounded_window(float_ra
     (rows, cols), = shapes
     assert rows * cols <= sampling.MAX_READ_RATIO * 32 * 32
     assert valid.any() and np.isfinite(values[0][valid]).all()
+
+
+@pytest.mark.parametrize("dtype, nodata, holes", [
+    ("uint16", 0, 0),
+    ("int16", -9999, -9999),
+    ("float32", -3.4028234663852886e38, -3.4028234663852886e38),
+    ("float32", float("nan"), float("nan")),
+    ("uint8", 300, 0),     # a nodata value no uint8 can hold: nothing is nodata
+    ("uint16", None, 0),   # no mask at all: everything is valid
+])
+def test_masks_computed_from_the_values_equal_gdals(tmp_path, dtype, nodata, holes):
+    """Full-resolution reads derive a nodata (or all-valid) mask from the values instead
+    of having GDAL decode the blocks again: the result must be GDAL's own mask."""
+    from dmreg.io.sampling import _read_window
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 200, (60, 70)).astype(dtype)
+    data[10:25, 5:30] = holes
+    data[40, 40] = holes
+    storable = nodata is not None and dtype != "uint8"  # GDAL refuses to store an out-of-range nodata
+    path = write_raster(tmp_path / "m.tif", data, crs=CRS, transform=TRANSFORM, nodata=nodata if storable else None)
+    if nodata is not None and not storable:  # so it is set on the band afterwards
+        with rasterio.open(path, "r+") as ds:
+            ds.nodata = nodata
+    window = Window(3, 4, 50, 45)
+    with rasterio.open(path) as ds:
+        spy = ReadSpy(ds)
+        values, valid = _read_window(spy, [1], window, (45, 50))
+        expected = ds.read_masks(1, window=window) > 0
+    assert not any(kind == "read_masks" for kind, _, _ in spy.reads)
+    np.testing.assert_array_equal(valid, expected & np.isfinite(values[0]))
+
+
+def test_decimated_mask_from_values_keeps_every_block_with_a_valid_pixel(tmp_path):
+    """GDAL's average leaves nodata out, so a decimated pixel is nodata only where its
+    whole block is; every other one holds the mean of its valid pixels."""
+    data = np.full((40, 40), 100, np.uint16)
+    data[:, :10] = 0           # whole 4x4 blocks of nodata
+    data[0:4, 20:22] = 0       # half a block
+    path = write_raster(tmp_path / "d.tif", data, crs=CRS, transform=TRANSFORM, nodata=0)
+    from dmreg.io.sampling import _read_window
+    from rasterio.windows import Window
+
+    with rasterio.open(path) as ds:
+        values, valid = _read_window(ds, [1], Window(0, 0, 40, 40), (10, 10))
+    assert not valid[:, :2].any() and valid[:, 3:].all()
+    assert values[0, 0, 5] == 100  # the half-nodata block averages its valid half only

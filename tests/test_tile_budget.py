@@ -109,3 +109,44 @@ def test_a_first_pass_that_does_not_move_the_model_becomes_the_final_one(large_p
     assert strict.passes[0]["tiles_read"] == 8  # the first check, at three times the target, stopped it
     assert not any(p["promoted"] for p in strict.passes)
     assert _error(promoted) <= _error(strict) + 0.01
+
+
+def test_tiles_are_never_read_past_the_check_that_ends_a_pass(large_pair, monkeypatch):
+    """The read-ahead thread stops at the next budget check: a pass that stops there
+    leaves no tile read for nothing."""
+    from dmreg.coarse import TileReader
+
+    fine_reads = []
+    read = TileReader.pair
+
+    def counting(self, grid, *args, **kwargs):
+        if grid.shape == (128, 128):  # the fine tiles; the coarse grid is larger
+            fine_reads.append(grid)
+        return read(self, grid, *args, **kwargs)
+
+    monkeypatch.setattr(TileReader, "pair", counting)
+    result = estimate(large_pair["ref"], large_pair["easy"], OPTIONS)
+    assert result.passes[-1]["stopped_early"]
+    assert len(fine_reads) == sum(p["tiles_read"] for p in result.passes) < result.tiles
+
+
+def test_a_promoted_pass_searches_its_remaining_tiles_as_narrowly_as_a_refinement(large_pair):
+    """A coarse level of 256 px leaves the first pass a wide search; once its first check
+    promotes it, the tiles still to match were read through a model found good to a
+    fraction of a pixel, so they are searched within the refinement bound."""
+    from dmreg.fine import REFINED_OFFSET
+    from dmreg.matchers.structural import StructuralMatcher
+
+    offsets = []
+
+    class Recording(StructuralMatcher):
+        def match(self, pairs):
+            offsets.extend(p.max_offset for p in pairs if p.ref.shape == (128, 128))
+            return super().match(pairs)
+
+    result = estimate(large_pair["ref"], large_pair["easy"], RegisterOptions(tile_size=128, tile_overlap=0,
+                                                                               coarse_size=256), matcher=Recording())
+    assert len(result.passes) == 1 and result.passes[0]["promoted"], result.passes
+    first, rest = offsets[:8], offsets[8:]
+    assert min(first) > REFINED_OFFSET and rest and set(rest) == {REFINED_OFFSET}, offsets
+    assert _error(result) < 0.05

@@ -70,7 +70,7 @@ class StructuralMatcher:
         shift = np.zeros(2)
         radius = int(np.ceil(pair.max_offset)) + 2
         if radius > self.local_radius + 2:
-            dx, dy, _ = phase_correlate(ref_d, mov_d)
+            dx, dy, _ = phase_correlate(ref_d, mov_d, split.pool if split else None)
             if np.hypot(dx, dy) <= pair.max_offset * 1.5:
                 shift = np.round([dx, dy])
                 radius = self.local_radius
