@@ -133,3 +133,19 @@ def test_a_lone_pair_split_over_threads_gives_the_single_thread_result(red):
         assert len(single) > 0
         np.testing.assert_array_equal(single.ref_xy, split.ref_xy)
         np.testing.assert_array_equal(single.confidence, split.confidence)
+
+
+@pytest.mark.parametrize("shape", [(233, 307), (256, 256)])  # 233 and 307 are prime: padded to fast sizes
+def test_phase_correlation_finds_the_shift_with_or_without_a_pool(red, shape):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dmreg.matchers.structure import phase_correlate
+
+    crop = red[:shape[0], :shape[1]]
+    ref_d, mov_d = oriented_gradients(crop), oriented_gradients(shifted(crop, (-7.3, 4.6)))
+    alone = phase_correlate(ref_d, mov_d)
+    with ThreadPoolExecutor(2) as pool:
+        shared = phase_correlate(ref_d, mov_d, pool)
+    assert np.allclose(alone, shared, rtol=1e-4, atol=1e-4)
+    assert abs(alone[0] - 7.3) < 0.3 and abs(alone[1] + 4.6) < 0.3, alone
+    assert alone[2] > 8
