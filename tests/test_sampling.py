@@ -293,3 +293,20 @@ def test_decimated_mask_from_values_keeps_every_block_with_a_valid_pixel(tmp_pat
         values, valid = _read_window(ds, [1], Window(0, 0, 40, 40), (10, 10))
     assert not valid[:, :2].any() and valid[:, 3:].all()
     assert values[0, 0, 5] == 100  # the half-nodata block averages its valid half only
+
+
+def test_decimated_reads_come_from_the_overviews_when_the_file_has_them(tmp_path):
+    """A coarse read of a file with overviews (a COG, say) is served from them instead of
+    decoding every full-resolution block. Shown by changing the full-resolution pixels
+    after the overviews were built: a 4x decimated read still gives the overview's."""
+    data = np.full((256, 256), 10.0, np.float32)
+    path = write_raster(tmp_path / "ovr.tif", data, crs=CRS, transform=TRANSFORM, tiled=True,
+                        blockxsize=64, blockysize=64)
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2, 4], Resampling.average)
+        ds.write(np.full((1, 256, 256), 50.0, np.float32))  # the overviews keep the old pixels
+    with rasterio.open(path) as ds:
+        coarse, _ = sample_onto_grid(ds, [1], lambda x, y: (4 * x, 4 * y), (64, 64))
+        full, _ = sample_onto_grid(ds, [1], identity, (64, 64))
+    assert np.allclose(coarse[0][4:-4, 4:-4], 10.0)
+    assert np.allclose(full[0], 50.0)
