@@ -232,7 +232,7 @@ def _valid_from_values(ds: rasterio.io.DatasetReader, band: int, values: np.ndar
     flags = ds.mask_flag_enums[band - 1]
     if flags == [MaskFlags.all_valid]:
         return np.ones(values.shape, bool)
-    if flags != [MaskFlags.nodata] or np.iscomplexobj(values):
+    if flags != [MaskFlags.nodata] or is_complex(ds):  # a multilooked amplitude is not the values read
         return None
     nodata = ds.nodatavals[band - 1]
     if nodata is None:
