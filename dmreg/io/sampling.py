@@ -161,7 +161,7 @@ def _source_window(
     not converge) are left out: those output pixels come out invalid. The window's
     margin is ``MARGIN_PX`` decimated pixels, so the interpolation at the grid's edges
     always has its neighbours, whatever the decimation."""
-    bounds = np.array([sx.min(), sy.min(), sx.max(), sy.max()])  # NaN when any coordinate is
+    bounds = np.array([sx.min(), sy.min(), sx.max(), sy.max()])  # NaN if any coordinate is NaN
     if not np.isfinite(bounds).all():
         finite = np.isfinite(sx) & np.isfinite(sy)
         if not finite.any():

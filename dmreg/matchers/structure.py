@@ -116,13 +116,13 @@ def phase_correlate(ref_desc: np.ndarray, mov_desc: np.ndarray,
     amplitude = np.abs(spectrum)
     spectrum /= amplitude + 1e-9 * amplitude.max()
     surface = cv2.dft(cross, flags=cv2.DFT_INVERSE | cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
-    h, w = size
+    rows, cols = size  # the surface wraps around at the padded size
     iy, ix = np.unravel_index(int(np.argmax(surface)), surface.shape)
     peak = (surface[iy, ix] - surface.mean()) / (surface.std() + 1e-12)
-    sx = ix + parabola_offset(surface[iy, (ix - 1) % w], surface[iy, ix], surface[iy, (ix + 1) % w])
-    sy = iy + parabola_offset(surface[(iy - 1) % h, ix], surface[iy, ix], surface[(iy + 1) % h, ix])
-    dx = sx - w if sx > w / 2 else sx
-    dy = sy - h if sy > h / 2 else sy
+    sx = ix + parabola_offset(surface[iy, (ix - 1) % cols], surface[iy, ix], surface[iy, (ix + 1) % cols])
+    sy = iy + parabola_offset(surface[(iy - 1) % rows, ix], surface[iy, ix], surface[(iy + 1) % rows, ix])
+    dx = sx - cols if sx > cols / 2 else sx
+    dy = sy - rows if sy > rows / 2 else sy
     return float(dx), float(dy), float(peak)
 
 
