@@ -56,6 +56,16 @@ FINAL_FIRST_CHECK = 16
 """Tiles the final pass matches before its first check: a bootstrap over fewer blocks
 underestimates the spread."""
 
+FIRST_CHECK = 8
+"""Tiles a pass that a refinement follows matches before its first check of precision."""
+
+PROMOTION_CHECK = 4
+"""Tiles a first pass matches before it first asks whether it can be promoted: a global
+model fitted to four tiles spread over the overlap already shows whether the one its
+tiles are read through is off by more than the tolerance, and a promotion this early
+narrows the search of the tiles after them. Whether it has matched enough waits for
+``FIRST_CHECK``."""
+
 REFINED_OFFSET = 4.0
 """Working pixels: the search bound of tiles read through a model the fine stage fitted
 (a refinement pass, or the rest of a promoted one): their content is already within a
@@ -162,14 +172,15 @@ class TileBudget:
     """When a pass has matched enough tiles: once the model ``kind`` fitted to its matches
     so far has a predicted CE90 at the check grid no larger than the target. The final
     pass is first checked after ``FINAL_FIRST_CHECK`` tiles; a pass a refinement follows
-    after 8, against ``FIRST_PASS_SLACK`` x the target, as its peaks are measured again.
-    Then each time 1.5 x as many have been read, so the checks cost a bounded share of
-    the pass. A hard pair never gets there and is matched over every planned tile.
+    after ``FIRST_CHECK``, against ``FIRST_PASS_SLACK`` x the target, as its peaks are
+    measured again. Then each time 1.5 x as many have been read, so the checks cost a
+    bounded share of the pass. A hard pair never gets there and is matched over every
+    planned tile.
 
-    A first pass whose model, at a check, has not moved beyond the ``promotion``
-    tolerance needs no refinement: it becomes the final pass there and then (the full
-    target, checked from ``FINAL_FIRST_CHECK`` tiles on), which saves a second reading
-    of the tiles it already matched. Its remaining tiles are then searched within
+    A first pass whose model, at a check (the first after ``PROMOTION_CHECK`` tiles),
+    has not moved beyond the ``promotion`` tolerance needs no refinement: it becomes the
+    final pass there and then (the full target, checked from ``FINAL_FIRST_CHECK`` tiles
+    on), which saves a second reading of the tiles it already matched. Its remaining tiles are then searched within
     ``REFINED_OFFSET`` (:attr:`search_offset`), as a refinement pass's would be: their
     reads went through a model that the check found within the tolerance."""
 
@@ -182,7 +193,8 @@ class TileBudget:
         self.final_target_px, self.timings, self.kind, self.promotion = target_px, timings, kind, promotion
         self.final = final
         self.target_px = target_px if final else target_px * FIRST_PASS_SLACK
-        self.next_check = (FINAL_FIRST_CHECK if final else 8) if target_px > 0 else math.inf
+        first = FINAL_FIRST_CHECK if final else PROMOTION_CHECK if promotion else FIRST_CHECK
+        self.next_check = first if target_px > 0 else math.inf
         self.tiles_read = 0
         self.stopped = False
         self.ce90_px = math.inf
@@ -201,7 +213,8 @@ class TileBudget:
 
     def enough(self, matches: Correspondences) -> bool:
         """Check the matches so far (call when :attr:`due`)."""
-        self.next_check = math.ceil(self.tiles_read * self.GROWTH)
+        promotion_only = not self.final and self.tiles_read < FIRST_CHECK
+        self.next_check = FIRST_CHECK if promotion_only else math.ceil(self.tiles_read * self.GROWTH)
         t = time.perf_counter()
         try:
             fitted = fit_all(matches.pred_px, matches.ref_px, self.threshold, kinds=(self.kind,),
@@ -209,7 +222,7 @@ class TileBudget:
                              search_radius=self.search_radius).get(self.kind)
             if fitted is None or not fitted.meaningful or fitted.n_inliers < self.options.min_inliers:
                 return False
-            if not self.final and self._promoted(fitted.transform):
+            if (not self.final and self._promoted(fitted.transform)) or promotion_only:
                 return False
             self.ce90_px = bootstrap_uncertainty(fitted.transform, matches.pred_px, matches.ref_px,
                                                  fitted.inliers, matches.tile, self.at, seed=self.options.seed).ce90_px

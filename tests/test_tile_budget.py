@@ -134,7 +134,7 @@ def test_a_promoted_pass_searches_its_remaining_tiles_as_narrowly_as_a_refinemen
     """A coarse level of 256 px leaves the first pass a wide search; once its first check
     promotes it, the tiles still to match were read through a model found good to a
     fraction of a pixel, so they are searched within the refinement bound."""
-    from dmreg.fine import REFINED_OFFSET
+    from dmreg.fine import PROMOTION_CHECK, REFINED_OFFSET
     from dmreg.matchers.structural import StructuralMatcher
 
     offsets = []
@@ -147,6 +147,6 @@ def test_a_promoted_pass_searches_its_remaining_tiles_as_narrowly_as_a_refinemen
     result = estimate(large_pair["ref"], large_pair["easy"], RegisterOptions(tile_size=128, tile_overlap=0,
                                                                                coarse_size=256), matcher=Recording())
     assert len(result.passes) == 1 and result.passes[0]["promoted"], result.passes
-    first, rest = offsets[:8], offsets[8:]
+    first, rest = offsets[:PROMOTION_CHECK], offsets[PROMOTION_CHECK:]
     assert min(first) > REFINED_OFFSET and rest and set(rest) == {REFINED_OFFSET}, offsets
     assert _error(result) < 0.05
