@@ -180,9 +180,10 @@ class TileBudget:
     A first pass whose model, at a check (the first after ``PROMOTION_CHECK`` tiles),
     has not moved beyond the ``promotion`` tolerance needs no refinement: it becomes the
     final pass there and then (the full target, checked from ``FINAL_FIRST_CHECK`` tiles
-    on), which saves a second reading of the tiles it already matched. Its remaining tiles are then searched within
-    ``REFINED_OFFSET`` (:attr:`search_offset`), as a refinement pass's would be: their
-    reads went through a model that the check found within the tolerance."""
+    on), which saves a second reading of the tiles it already matched. Its remaining
+    tiles are then searched within ``REFINED_OFFSET`` (:attr:`search_offset`), as a
+    refinement pass's would be: their reads went through a model that the check found
+    within the tolerance."""
 
     GROWTH = 1.5
 
