@@ -8,7 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from dmreg.estimate.local import LocalTransform, fit_local
+from dmreg.estimate.local import (
+    LocalTransform,
+    _group_median,
+    _kernel,
+    _log_evidence,
+    _robust_sigma,
+    _spacing_and_noise,
+    fit_local,
+)
 from dmreg.estimate.models import Transform, fit
 
 SIDE = 1000.0   # matched area, pixels
@@ -159,3 +167,48 @@ def test_a_fit_without_its_spread_has_the_same_field(smooth):
     np.testing.assert_array_equal(quick.dx, smooth.dx)
     np.testing.assert_array_equal(quick.dy, smooth.dy)
     assert np.isnan(quick.sd).all() and np.isfinite(smooth.sd).all()
+
+
+def test_cell_medians_equal_numpys_median_per_cell():
+    """The grouped median (odd and even counts, ties) is np.median's, cell by cell."""
+    rng = np.random.default_rng(5)
+    groups = rng.integers(0, 40, 900)
+    groups[:40] = np.arange(40)  # no empty cell
+    values = np.round(rng.normal(size=(900, 2)), 1)  # rounding makes ties
+    expected = np.array([np.median(values[groups == g], axis=0) for g in range(40)])
+    np.testing.assert_array_equal(_group_median(values, groups, 40), expected)
+
+
+def test_evidence_of_every_scale_pair_equals_the_dense_gaussian_likelihood():
+    """The eigenbasis shortcut over a grid of (sigma_n, sigma_f) gives the log marginal
+    likelihood computed directly from K = sf² K_l + sn² W⁻¹, for both components."""
+    rng = np.random.default_rng(6)
+    xy, r, w = rng.uniform(0, 500, (30, 2)), rng.normal(size=(30, 2)), rng.uniform(0.5, 2.0, 30)
+    length, sigmas_f, sigmas_n = 120.0, np.array([0.0, 0.3, 1.5]), np.array([0.2, 0.8])
+    sw = np.sqrt(w)
+    lam, u = np.linalg.eigh(sw[:, None] * _kernel(xy, xy, length) * sw[None, :])
+    scores = _log_evidence(lam, u.T @ (sw[:, None] * r), w, sigmas_f, sigmas_n)
+    for i, sn in enumerate(sigmas_n):
+        for j, sf in enumerate(sigmas_f):
+            k = sf ** 2 * _kernel(xy, xy, length) + sn ** 2 * np.diag(1 / w)
+            dense = sum(-0.5 * (r[:, c] @ np.linalg.solve(k, r[:, c]) + np.linalg.slogdet(k)[1]
+                                + len(w) * np.log(2 * np.pi)) for c in (0, 1))
+            assert scores[i, j] == pytest.approx(dense, rel=1e-9)
+
+
+def test_spacing_is_the_median_nearest_neighbour_distance_whatever_the_chunking():
+    """Distances are computed a chunk of sample rows at a time: the result is the
+    brute-force one on a regular grid (spacing exactly 10 px) and on random points."""
+    g = np.arange(60) * 10.0
+    grid = np.column_stack([a.ravel() for a in np.meshgrid(g, g)])  # 3600 points: chunks of 55 rows
+    spacing, _ = _spacing_and_noise(grid, np.zeros_like(grid), np.random.default_rng(0))
+    assert spacing == pytest.approx(10.0)
+    pts = np.random.default_rng(7).uniform(0, 1000, (2500, 2))
+    r = np.random.default_rng(8).normal(size=(2500, 2))
+    sample = np.random.default_rng(0).choice(len(pts), 500, replace=False)
+    d2 = ((pts[sample, None] - pts[None]) ** 2).sum(-1)
+    d2[np.arange(500), sample] = np.inf
+    nearest = d2.argmin(1)
+    spacing, noise = _spacing_and_noise(pts, r, np.random.default_rng(0))
+    assert spacing == pytest.approx(np.sqrt(np.median(d2[np.arange(500), nearest])), rel=1e-12)
+    assert noise == pytest.approx(_robust_sigma(r[sample] - r[nearest]) / np.sqrt(2), rel=1e-12)

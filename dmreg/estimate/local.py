@@ -35,6 +35,7 @@ EVIDENCE_MARGIN = 2.0    # nats a local field must gain over "no local signal"
 REJECT_SIGMAS = 3.5
 N_LENGTHS = 6            # first search; the final one refines by factors of √2 around its choice
 NN_SAMPLE = 500          # matches sampled to measure spacing and noise
+NN_CHUNK = 200_000       # squared distances computed at a time (1.6 MB)
 TILE_PRIOR = 10          # a tile's noise scale is shrunk toward the global one as if by this many matches
 MIN_SIGMA = 0.05         # px; no matcher is more precise: a floor for noise and rejection scales
 INVERSE_ITERATIONS = 10
@@ -229,30 +230,34 @@ def _eigen(c: _Centres, length: float) -> tuple[np.ndarray, np.ndarray]:
     return np.linalg.eigh(sw[:, None] * _kernel(c.xy, c.xy, length) * sw[None, :])
 
 
-def _log_evidence(lam: np.ndarray, z: np.ndarray, w: np.ndarray, sigma_f: float, sigma_n: float) -> float:
-    """Log marginal likelihood of both components, K = sf² K_l + sn² W⁻¹, where
-    z = Uᵀ W^½ r projects the residuals on the eigenvectors."""
-    v = sigma_f ** 2 * np.maximum(lam, 0.0) + sigma_n ** 2
-    quad = float((z * z / v[:, None]).sum())
-    logdet = 2 * float(np.log(v).sum() - np.log(w).sum())
+def _log_evidence(lam: np.ndarray, z: np.ndarray, w: np.ndarray, sigmas_f: np.ndarray,
+                  sigmas_n: np.ndarray) -> np.ndarray:
+    """Log marginal likelihood of both components for every (sigma_n, sigma_f) pair
+    (rows, columns), K = sf² K_l + sn² W⁻¹, where z = Uᵀ W^½ r projects the residuals
+    on the eigenvectors. All pairs at once: a search scores dozens per length scale."""
+    v = (sigmas_f[None, :, None] ** 2 * np.maximum(lam, 0.0)[None, None, :]
+         + sigmas_n[:, None, None] ** 2)
+    quad = ((z * z).sum(axis=1) / v).sum(axis=2)
+    logdet = 2 * (np.log(v).sum(axis=2) - float(np.log(w).sum()))
     return -0.5 * (quad + logdet + 2 * len(w) * math.log(2 * math.pi))
 
 
 def _search(c: _Centres, lengths: np.ndarray, sigmas_f: np.ndarray, sigmas_n: np.ndarray) -> _Hyper:
-    """The grid point of greatest evidence; the null model (sigma_f = 0) unless a local
-    field beats it by ``EVIDENCE_MARGIN``."""
+    """The grid point of greatest evidence (the first of equals, lengths outermost, then
+    sigma_n, then sigma_f); the null model (sigma_f = 0) unless a local field beats it by
+    ``EVIDENCE_MARGIN``."""
     best, best_score, null, null_score = None, -math.inf, None, -math.inf
     for length in lengths:
         lam, u = _eigen(c, length)
         z = u.T @ (np.sqrt(c.w)[:, None] * c.r)
-        for sn in sigmas_n:
-            score = _log_evidence(lam, z, c.w, 0.0, sn)
-            if score > null_score:
-                null, null_score = _Hyper(float(length), 0.0, float(sn)), score
-            for sf in sigmas_f:
-                score = _log_evidence(lam, z, c.w, sf, sn)
-                if score > best_score:
-                    best, best_score = _Hyper(float(length), float(sf), float(sn)), score
+        scores = _log_evidence(lam, z, c.w, np.concatenate([[0.0], sigmas_f]), sigmas_n)
+        i_null = int(np.argmax(scores[:, 0]))
+        if scores[i_null, 0] > null_score:
+            null, null_score = _Hyper(float(length), 0.0, float(sigmas_n[i_null])), float(scores[i_null, 0])
+        i_n, i_f = np.unravel_index(int(np.argmax(scores[:, 1:])), scores[:, 1:].shape)
+        if scores[i_n, i_f + 1] > best_score:
+            best = _Hyper(float(length), float(sigmas_f[i_f]), float(sigmas_n[i_n]))
+            best_score = float(scores[i_n, i_f + 1])
     return best if best_score > null_score + EVIDENCE_MARGIN else null
 
 
@@ -286,9 +291,17 @@ def _thin(src: np.ndarray, r: np.ndarray, w: np.ndarray, max_cells: int, robust:
 
 
 def _group_median(values: np.ndarray, groups: np.ndarray, m: int) -> np.ndarray:
-    order = np.argsort(groups, kind="stable")
-    bounds = np.cumsum(np.bincount(groups, minlength=m))[:-1]
-    return np.array([np.median(g, axis=0) for g in np.split(values[order], bounds)])
+    """Per group (0..m-1, none empty) the median of each column, as np.median gives it
+    (the mean of the two middle values of an even count), without a call per group."""
+    counts = np.bincount(groups, minlength=m)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    lower = starts + (counts - 1) // 2
+    upper = starts + counts // 2
+    out = np.empty((m, values.shape[1]))
+    for k in range(values.shape[1]):
+        ranked = values[np.lexsort((values[:, k], groups)), k]
+        out[:, k] = (ranked[lower] + ranked[upper]) / 2
+    return out
 
 
 def _robust_sigma(e: np.ndarray) -> float:
@@ -323,10 +336,19 @@ def _spacing_and_noise(src: np.ndarray, r: np.ndarray, rng: np.random.Generator)
     differences of neighbours (an overestimate where the field is steep; the evidence
     search spans a range around it)."""
     sample = rng.choice(len(src), min(NN_SAMPLE, len(src)), replace=False)
-    d2 = (src[sample, None, 0] - src[None, :, 0]) ** 2 + (src[sample, None, 1] - src[None, :, 1]) ** 2
-    d2[np.arange(len(sample)), sample] = np.inf
-    nearest = d2.argmin(axis=1)
-    spacing = float(np.sqrt(np.median(d2[np.arange(len(sample)), nearest])))
+    nearest, d2_nearest = np.empty(len(sample), np.intp), np.empty(len(sample))
+    chunk = max(1, NN_CHUNK // len(src))  # rows of squared distances at a time: they stay in cache
+    d2, dy = np.empty((chunk, len(src))), np.empty((chunk, len(src)))
+    for i in range(0, len(sample), chunk):
+        rows = sample[i:i + chunk]
+        k = np.arange(len(rows))
+        a, b = d2[:len(rows)], dy[:len(rows)]
+        np.square(np.subtract.outer(src[rows, 0], src[:, 0], out=a), out=a)
+        a += np.square(np.subtract.outer(src[rows, 1], src[:, 1], out=b), out=b)
+        a[k, rows] = np.inf
+        nearest[i:i + len(rows)] = a.argmin(axis=1)
+        d2_nearest[i:i + len(rows)] = a[k, nearest[i:i + len(rows)]]
+    spacing = float(np.sqrt(np.median(d2_nearest)))
     return spacing, _robust_sigma(r[sample] - r[nearest]) / math.sqrt(2)
 
 
