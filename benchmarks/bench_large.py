@@ -36,7 +36,7 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from common import find_dmreg
+from common import compile_bytecode, find_dmreg
 
 HERE = Path(__file__).resolve().parent
 SRC_DIR = HERE / "data"
@@ -216,6 +216,7 @@ def main() -> int:
     args = ap.parse_args()
 
     dmreg = find_dmreg("bench_large")
+    compile_bytecode()
     RESULTS.mkdir(parents=True, exist_ok=True)
     ref, mov, sources = ensure_inputs(args.band, args.regenerate)
     with rasterio.open(ref) as r, rasterio.open(mov) as m:

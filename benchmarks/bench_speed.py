@@ -4,7 +4,8 @@ floor (GDAL's warper alone), measured side by side in one run.
 
 Runs (``--only`` picks a subset; each is a fresh child process, its wall time measured
 around the process, its peak RSS the child's ru_maxrss via os.wait4, a watchdog killing
-it above --rss-cap-mb):
+it above --rss-cap-mb; dmreg's bytecode caches are written first, so each child starts as
+an installed tool does, PYTHONDONTWRITEBYTECODE or not):
 
 floor     GDAL's warper alone: ``rasterio.warp.reproject`` (bilinear, dmreg's default
           resampling; ``num_threads`` = dmreg.runtime.thread_count(), warp_mem_limit 256 MB)
@@ -467,10 +468,11 @@ def main() -> int:
         runs = list(DEFAULT_RUNS) + (["dm_large"] if args.distillmatch_large else [])
 
     from bench_large import SHIFT as LARGE_SHIFT, check_points, ensure_inputs
-    from common import find_dmreg
+    from common import compile_bytecode, find_dmreg
     import rasterio
 
     dmreg = find_dmreg("bench_speed")
+    compile_bytecode()
     RESULTS.mkdir(parents=True, exist_ok=True)
     threads = thread_count()
     stamp = {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),

@@ -16,3 +16,17 @@ def find_dmreg(script: str) -> str:
     if not found:
         sys.exit(f"{script}: the dmreg console script is not on PATH nor beside this Python")
     return found
+
+
+def compile_bytecode() -> None:
+    """Write dmreg's bytecode caches, as a regular ``pip install`` does and as any first
+    run does unless PYTHONDONTWRITEBYTECODE is set (it is on some CI images): timed
+    children then start as an installed tool starts, instead of compiling dmreg's
+    sources on every start (0.14 s of the CLI's 0.97 s import, measured)."""
+    import compileall
+
+    import dmreg
+    import dmreg_cli
+
+    for package in (dmreg, dmreg_cli):
+        compileall.compile_dir(Path(package.__file__).parent, quiet=1)
