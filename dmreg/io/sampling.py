@@ -78,9 +78,11 @@ def sample_onto_grid(
     map_x = ((sx - window.col_off) * (dec_w / window.width) - 0.5).astype(np.float32)
     map_y = ((sy - window.row_off) * (dec_h / window.height) - 0.5).astype(np.float32)
     interp = _CV2_INTERPOLATION[resampling]
-    fill = src[:, src_valid].mean(axis=1) if src_valid.any() else np.zeros(len(bands), np.float32)
+    holes = None if src_valid.all() else src_valid.view(np.uint8)
     for i in range(len(bands)):
-        band = np.where(src_valid, src[i], fill[i]).astype(np.float32)
+        band = src[i]
+        if holes is not None:  # holes take the valid mean (0 if none), so no nodata value is interpolated
+            band = np.where(src_valid, band, np.float32(cv2.mean(band, mask=holes)[0]))
         out[i] = cv2.remap(band, map_x, map_y, interp, borderMode=cv2.BORDER_REPLICATE)
     weight = cv2.remap(
         src_valid.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
