@@ -17,7 +17,10 @@ from dmreg.estimate.local import (
     _spacing_and_noise,
     fit_local,
 )
+from dmreg.estimate.blocks import spatial_blocks
 from dmreg.estimate.models import Transform, fit
+from dmreg.estimate.robust import fit_all
+from dmreg.estimate.selection import choose_model, cross_validate
 
 SIDE = 1000.0   # matched area, pixels
 AFFINE = Transform("affine", matrix=np.array([[1.01, 0.02, 5.0], [-0.015, 0.99, -3.0], [0, 0, 1]]))
@@ -212,3 +215,31 @@ def test_spacing_is_the_median_nearest_neighbour_distance_whatever_the_chunking(
     spacing, noise = _spacing_and_noise(pts, r, np.random.default_rng(0))
     assert spacing == pytest.approx(np.sqrt(np.median(d2[np.arange(500), nearest])), rel=1e-12)
     assert noise == pytest.approx(_robust_sigma(r[sample] - r[nearest]) / np.sqrt(2), rel=1e-12)
+
+
+def test_local_candidate_scores_are_the_serial_cross_validation(smooth):
+    """The field's fit and its folds run side by side: the local candidate's held-out
+    scores equal a plain cross-validation of the same two candidates."""
+    src, dst, _, tiles = matches()
+    fits = {k: f for k, f in fit_all(src, dst, 1.5, seed=0, search_radius=20.0).items() if f.meaningful}
+    at = np.column_stack([g.ravel() for g in np.meshgrid(np.linspace(0, SIDE, 8), np.linspace(0, SIDE, 8))])
+    choice = choose_model(fits, src, dst, tiles, 3.0, at)
+    best = _global_only(fits, src, dst, tiles, at)
+    inliers = fits[best].inliers
+
+    def global_fitter(a, b, train):
+        return fit(best, a[train & inliers], b[train & inliers])
+
+    def local_fitter(a, b, train):
+        return fit_local(fit(best, a[train & inliers], b[train & inliers]), a[train], b[train], tiles[train],
+                         spread=False)
+
+    serial = cross_validate({best: global_fitter, "local": local_fitter}, src, dst, spatial_blocks(src, tiles), 3.0)
+    assert choice.local is not None and choice.kind == "local"
+    assert choice.scores["local"].rmse_px == pytest.approx(np.sqrt(serial["local"].mean()), rel=1e-12)
+    assert choice.scores[best].rmse_px == pytest.approx(np.sqrt(serial[best].mean()), rel=1e-12)
+
+
+def _global_only(fits, src, dst, tiles, at) -> str:
+    """The global model choose_model picks before the local field competes."""
+    return choose_model(fits, src, dst, tiles, 3.0, at, local="no").kind

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -37,6 +38,7 @@ Fitter = Callable[[np.ndarray, np.ndarray, np.ndarray], PointTransform]
 
 VARIANCE_REPLICATES = 40  # the choice needs the variance to about 20 %, not the report's precision
 MIN_GAIN_PX2 = 1e-4  # gains below 0.01 px RMS are numerical noise, not signal
+FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,22 @@ class CVScore:
 
 
 def cross_validate(fitters: dict[str, Fitter], src: np.ndarray, dst: np.ndarray, blocks: np.ndarray,
-                   truncate_px: float, folds: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+                   truncate_px: float, folds: int = FOLDS, seed: int = 0) -> dict[str, np.ndarray]:
     """Per candidate, the mean held-out loss of each block (inf where the fit failed).
 
     The loss is the squared error truncated at ``truncate_px``: a false match among the
     held-out ones then costs every candidate the same instead of deciding the choice.
     """
+    losses, jobs = _fold_jobs(fitters, src, dst, blocks, truncate_px, folds, seed)
+    with ThreadPoolExecutor(thread_count(), thread_name_prefix="dmreg-cv") as pool:  # numpy releases the GIL
+        list(pool.map(lambda job: job(), jobs))
+    return losses
+
+
+def _fold_jobs(fitters: dict[str, Fitter], src: np.ndarray, dst: np.ndarray, blocks: np.ndarray,
+               truncate_px: float, folds: int, seed: int) -> tuple[dict[str, np.ndarray], list[Callable[[], None]]]:
+    """The losses :func:`cross_validate` returns, and one job per (fold, candidate) that
+    fills its cells of them: whoever runs the jobs decides when and where."""
     n_blocks = int(blocks.max()) + 1 if len(blocks) else 0
     order = np.random.default_rng(seed).permutation(n_blocks)
     fold_of_block = np.empty(n_blocks, int)
@@ -79,10 +91,7 @@ def cross_validate(fitters: dict[str, Fitter], src: np.ndarray, dst: np.ndarray,
         in_fold = np.unique(blocks[held])
         losses[name][in_fold] = per_block[in_fold] / counts[in_fold]  # each (fold, name) writes its own cells
 
-    jobs = [(f, name) for f in np.unique(fold).tolist() for name in fitters]
-    with ThreadPoolExecutor(thread_count(), thread_name_prefix="dmreg-cv") as pool:  # numpy releases the GIL
-        list(pool.map(lambda job: score(*job), jobs))
-    return losses
+    return losses, [partial(score, f, name) for f in np.unique(fold).tolist() for name in fitters]
 
 
 def choose(losses: dict[str, np.ndarray], order: Sequence[str],
@@ -156,19 +165,28 @@ def choose_model(fits: dict[str, ModelFit], src: np.ndarray, dst: np.ndarray, ti
     best, scores = choose(losses, order, variance)
     if local == "no":
         return Choice(best, scores, variance=variance)
-    model = _local_fit(fits[best], src, dst, tiles, seed)
-    if not (model.dx.any() or model.dy.any()):  # no evidence of a local field: it IS the global model
-        return Choice("local" if local == "always" else best, scores, model if local == "always" else None,
-                      variance)
     base_inliers = fits[best].inliers
 
     def local_fitter(a: np.ndarray, b: np.ndarray, train: np.ndarray) -> PointTransform:
         base = fit(best, a[train & base_inliers], b[train & base_inliers])
         return fit_local(base, a[train], b[train], tiles[train], seed=seed, spread=False)
 
-    every_block = spatial_blocks(src, tiles)
-    pair = cross_validate({best: _global_fitter(best, base_inliers), "local": local_fitter}, src, dst,
-                          every_block, truncate_px, seed=seed)
+    pair, jobs = _fold_jobs({best: _global_fitter(best, base_inliers), "local": local_fitter}, src, dst,
+                            spatial_blocks(src, tiles), truncate_px, FOLDS, seed)
+    # the field's own fit and its folds share the threads; when the field turns out to be
+    # zero, folds not yet begun are dropped and one already running is not waited for
+    pool = ThreadPoolExecutor(thread_count(), thread_name_prefix="dmreg-cv")
+    try:
+        whole = pool.submit(_local_fit, fits[best], src, dst, tiles, seed)
+        folds = [pool.submit(job) for job in jobs]
+        model = whole.result()
+        if not (model.dx.any() or model.dy.any()):  # no evidence of a local field: it IS the global model
+            return Choice("local" if local == "always" else best, scores, model if local == "always" else None,
+                          variance)
+        for job in folds:
+            job.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     variance["local"] = variance[best] + float(np.mean(model.std_at(at[:, 0], at[:, 1]) ** 2))
     kind = "local" if local == "always" else choose(pair, (best, "local"), variance)[0]
     return Choice(kind, {**scores, **_scores(pair)}, model if kind == "local" else None, variance)
