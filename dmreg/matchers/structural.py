@@ -39,9 +39,12 @@ class StructuralMatcher:
     name: str = "structural"
     rotation_step_deg: float = 15.0  # finds rotations up to about 10 deg (measured): half a step with room
     refine_tolerance_px: float = 0.2
-    """Tiles read up to 0.2 px away from the true offset bias the parabola peaks by at most
-    0.016 px (measured on bilinear reads of 512 px Landsat 8 B4/B2 tiles, 0.013 px on
-    Landsat 7 red/SWIR2), a third of the default target: no refinement pass is needed."""
+    """Tiles read 0.2 px away from the true offset bias the parabola peaks by 0.012-0.017 px
+    (medians over tiles and directions, ``benchmarks/peak_bias.py``: Landsat 8 B4/B2 and
+    B4/B3, Landsat 7 red/SWIR2), a third of the default target: no refinement pass is
+    needed. Red against NIR, whose contrast inverts over vegetation, was biased by
+    0.055 px on the small Landsat 7 example (42 matches per tile, 0.016 px of noise): on
+    such pairs a promoted pass may keep about the target's error."""
 
     def describe(self) -> dict:
         return {"name": self.name, "weights_sha256": None, "device": "cpu"}
