@@ -110,9 +110,13 @@ def main() -> int:
     print(f"{'pair':14s} {'templates':>9s} " + " ".join(f"{f:>13.2f}" for f in offsets))
     for name, ref_full, mov_full in pairs():
         side = min(TILE, ref_full.shape[0] - 40, ref_full.shape[1] - 40)
+        origins = tile_origins(ref_full, mov_full, side)
+        if not origins:
+            print(f"{name:14s} skipped: no {side} px tile free of nodata", flush=True)
+            continue
         bias = {f: [] for f in offsets}
         counts = []
-        for origin in tile_origins(ref_full, mov_full, side):
+        for origin in origins:
             at_zero, n = measured_offset(matcher, ref_full, mov_full, origin, side, np.zeros(2))
             counts.append(n)
             for f in offsets:

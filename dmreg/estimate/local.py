@@ -337,7 +337,7 @@ def _spacing_and_noise(src: np.ndarray, r: np.ndarray, rng: np.random.Generator)
     search spans a range around it)."""
     sample = rng.choice(len(src), min(NN_SAMPLE, len(src)), replace=False)
     nearest, d2_nearest = np.empty(len(sample), np.intp), np.empty(len(sample))
-    chunk = max(1, NN_CHUNK // len(src))  # rows of squared distances at a time: they stay in cache
+    chunk = max(1, min(len(sample), NN_CHUNK // len(src)))  # rows of squared distances at a time: in cache
     d2, dy = np.empty((chunk, len(src))), np.empty((chunk, len(src)))
     for i in range(0, len(sample), chunk):
         rows = sample[i:i + chunk]
