@@ -7,7 +7,10 @@ matcher; a pass stops once the model fitted to its matches so far is precise eno
 from zero offset, and runs only when the first one moved the model further than the
 matcher's peaks are biased by: a first pass that turns out not to move it becomes the
 final one while it runs, and searches its remaining tiles as narrowly as a refinement
-pass would.
+pass would, reading them through the model its first tiles fitted. One that moves it
+a little further than that (within the matcher's ``retarget_within_px``) becomes final
+too, and reads those first tiles again: a few tiles more instead of a whole second
+pass.
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ tiles are read through is off by more than the tolerance, and a promotion this e
 narrows the search of the tiles after them. Whether it has matched enough waits for
 ``FIRST_CHECK``."""
 
+RETARGET_WITHIN_PX = 0.0
+"""Working pixels: by default a first pass is never retargeted (see ``TileBudget``). A
+matcher whose peaks stay nearly unbiased over a wider range of read offsets says how
+wide in its ``retarget_within_px``."""
+
 REFINED_OFFSET = 4.0
 """Working pixels: the search bound of tiles read through a model the fine stage fitted
 (a refinement pass, or the rest of a promoted one): their content is already within a
@@ -100,6 +108,7 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
     passes: list[dict] = []
     told: Callable[[float | None, bool], None] | None = getattr(matcher, "fine_pass", None)
     tolerance = getattr(matcher, "refine_tolerance_px", REFINE_TOLERANCE_PX) * work_scale
+    retarget = max(getattr(matcher, "retarget_within_px", RETARGET_WITHIN_PX) * work_scale, tolerance)
     moved: float | None = None
     try:
         for refinement in range(1 + options.refinements):
@@ -107,21 +116,22 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
             final = refinement == options.refinements
             budget = TileBudget(_budget_kind(options, passes, coarse), threshold, radius, options, at,
                                 options.target_error_px * work_scale, final, timings,
-                                None if final else _Promotion(initial, overlap, tolerance))
+                                None if final else _Promotion(initial, overlap, tolerance, retarget))
             if told:  # tile pixels: how far the model this pass reads through moved from the last one's
                 told(None if moved is None else moved / work_scale, final)
-            matches, n_matched = _match_tiles(reader, matcher, georef, initial, tiles, order, fine_offset,
-                                              progress, timings, budget)
+            matches, n_matched, read_through = _match_tiles(reader, matcher, georef, initial, tiles, order,
+                                                            fine_offset, progress, timings, budget)
             log.info("pass %d: %d matches in %d of %d tiles read (%d planned)%s", refinement + 1, len(matches),
                      n_matched, budget.tiles_read, len(tiles),
                      f"; stopped at predicted CE90 {budget.ce90_px:.3f} px" if budget.stopped else "")
             t = time.perf_counter()
             fits, selected, scores = fit_models(matches, overlap, threshold, radius, options)
             timings["fit"] += time.perf_counter() - t
-            moved = largest_distance(initial, selected.transform, overlap)
+            moved = largest_distance(read_through, selected.transform, overlap)
             passes.append({"tiles_read": budget.tiles_read, "tiles_matched": n_matched, "matches": len(matches),
                            "stopped_early": budget.stopped, "promoted": budget.final and not final,
-                           "model": selected.kind, "moved_px": round(moved, 4)})
+                           "tiles_reread": budget.tiles_reread, "model": selected.kind,
+                           "moved_px": round(moved, 4)})
             initial, fine_offset = selected.transform, REFINED_OFFSET
             precise = not budget.stopped or budget.ce90_px <= options.target_error_px * work_scale
             if moved <= tolerance and precise and not final:
@@ -161,11 +171,13 @@ def _tile_size(matcher: Matcher, overlap: Polygon, work_scale: float, options: R
 @dataclass(frozen=True)
 class _Promotion:
     """What makes a first pass the final one: its model stays within ``tolerance`` of
-    ``initial``, the model its tiles were read through, everywhere in ``overlap``."""
+    ``initial``, the model its tiles were read through, everywhere in ``overlap``; or
+    within ``retarget`` (no less than ``tolerance``), and the pass reads on through it."""
 
     initial: Transform
     overlap: Polygon
     tolerance: float
+    retarget: float
 
 
 class TileBudget:
@@ -181,9 +193,15 @@ class TileBudget:
     has not moved beyond the ``promotion`` tolerance needs no refinement: it becomes the
     final pass there and then (the full target, checked from ``FINAL_FIRST_CHECK`` tiles
     on), which saves a second reading of the tiles it already matched. Its remaining
-    tiles are then searched within ``REFINED_OFFSET`` (:attr:`search_offset`), as a
-    refinement pass's would be: their reads went through a model that the check found
-    within the tolerance."""
+    tiles are read through that model (:attr:`read_through`) and searched within
+    ``REFINED_OFFSET`` (:attr:`search_offset`), as a refinement pass's would be.
+
+    A model that moved beyond the tolerance but within the promotion's ``retarget``
+    bound promotes the pass too, and the tiles matched so far are then read again
+    through it (:attr:`reread`: their reads were off by more than the tolerance). This
+    costs the tiles read before the check, where a refinement pass would read every
+    tile again; it needs a matcher whose peaks, read that far off, still give a model
+    well within its tolerance of the truth."""
 
     GROWTH = 1.5
 
@@ -200,6 +218,9 @@ class TileBudget:
         self.stopped = False
         self.ce90_px = math.inf
         self.search_offset: float | None = None  # working px; None: the pass's own bound
+        self.read_through: Transform | None = None  # the model later tiles are read through; None: the pass's own
+        self.reread = False  # whether the tiles read before that model are read again through it
+        self.tiles_reread = 0  # of tiles_read
 
     @property
     def due(self) -> bool:
@@ -237,13 +258,15 @@ class TileBudget:
     def _promoted(self, model: Transform) -> bool:
         """Whether this check made the pass final and its next check is still to come."""
         p = self.promotion
-        if p is None or not largest_distance(p.initial, model, p.overlap) <= p.tolerance:
+        moved = math.inf if p is None else largest_distance(p.initial, model, p.overlap)
+        if not moved <= p.retarget:
             return False
         self.final, self.target_px, self.search_offset = True, self.final_target_px, REFINED_OFFSET
-        log.debug("%d tiles read: the model stays within %.3f px of the one read through: this pass is final",
-                  self.tiles_read, p.tolerance)
+        self.read_through, self.reread = model, moved > p.tolerance
+        log.debug("%d tiles read: the model moved %.3f px (tolerance %.3f): this pass is final, reads on through "
+                  "it%s", self.tiles_read, moved, p.tolerance, " and reads those tiles again" if self.reread else "")
         self.next_check = max(self.next_check, FINAL_FIRST_CHECK)
-        return self.tiles_read < FINAL_FIRST_CHECK
+        return self.tiles_read < FINAL_FIRST_CHECK or self.reread  # matches read again are not judged yet
 
 
 def _budget_kind(options: RegisterOptions, passes: list[dict], coarse: dict) -> str:
@@ -258,83 +281,96 @@ def _budget_kind(options: RegisterOptions, passes: list[dict], coarse: dict) -> 
 
 def _match_tiles(reader: TileReader, matcher: Matcher, georef: GeorefMapping, initial: Transform,
                  tiles: list[Grid], order: list[int], max_offset: float, progress: ProgressFn | None,
-                 timings: dict[str, float], budget: TileBudget) -> tuple[Correspondences, int]:
+                 timings: dict[str, float], budget: TileBudget) -> tuple[Correspondences, int, Transform]:
     """Match tiles in ``order`` until every one is matched or the budget says the
-    matches so far pin the model down."""
+    matches so far pin the model down. Returns the matches, how many tiles they came
+    from, and the model the pass read its tiles through in the end: ``initial``, or the
+    budget's :attr:`~TileBudget.read_through` once it promotes the pass (the tiles read
+    before are read again through it when the budget says so)."""
     mapping = CorrectedMapping(georef, initial)
-    parts: list[Correspondences] = []
-    n_matched = 0
-    batch: list[tuple[int, TilePair]] = []
+    found: dict[int, Correspondences] = {}  # by tile
+    queue = deque(order)
+    batch: list[tuple[int, TilePair, Transform]] = []
 
     def flush() -> None:
-        nonlocal n_matched
         t = time.perf_counter()
-        results = matcher.match([p for _, p in batch])
+        results = matcher.match([p for _, p, _ in batch])
         timings["match"] += time.perf_counter() - t
-        for (index, _), found in zip(batch, results):
-            if len(found) == 0:
+        for (index, _, through), matched in zip(batch, results):
+            if len(matched) == 0:
                 continue
-            n_matched += 1
             grid = tiles[index]
-            ref_px = np.column_stack(grid.to_ref(found.ref_xy[:, 0], found.ref_xy[:, 1]))
-            tile_ref = grid.to_ref(found.mov_xy[:, 0], found.mov_xy[:, 1])
-            pred_px = np.column_stack(initial.inverse(*tile_ref))
+            ref_px = np.column_stack(grid.to_ref(matched.ref_xy[:, 0], matched.ref_xy[:, 1]))
+            tile_ref = grid.to_ref(matched.mov_xy[:, 0], matched.mov_xy[:, 1])
+            pred_px = np.column_stack(through.inverse(*tile_ref))
             mov_px = np.column_stack(georef.inverse(pred_px[:, 0], pred_px[:, 1]))
-            parts.append(Correspondences(mov_px, pred_px, ref_px, found.confidence,
-                                         np.full(len(found), index)))
+            found[index] = Correspondences(mov_px, pred_px, ref_px, matched.confidence,
+                                           np.full(len(matched), index))
         batch.clear()
 
-    with closing(_read_ahead(reader, tiles, order, mapping, max_offset, lambda: budget.horizon)) as pairs:
-        for done, (index, pair) in enumerate(pairs, start=1):
+    with closing(_read_ahead(reader, tiles, queue, lambda: mapping, max_offset, lambda: budget.horizon)) as pairs:
+        for done, (index, pair, read_by) in enumerate(pairs, start=1):
             budget.tiles_read = done
-            if pair is not None:
+            if pair is not None and read_by is not mapping and budget.reread:  # read too far off: again
+                queue.appendleft(index)
+                budget.next_check += 1
+                budget.tiles_reread += 1
+            elif pair is not None:
                 if budget.search_offset is not None and budget.search_offset < pair.max_offset:
                     pair = replace(pair, max_offset=budget.search_offset)
-                batch.append((index, pair))
+                batch.append((index, pair, read_by.correction))
             if len(batch) >= reader.options.batch_size or (batch and budget.due):
                 flush()
-                if parts and budget.due and budget.enough(Correspondences.concatenate(parts)):
+                if found and budget.due and budget.enough(Correspondences.concatenate(list(found.values()))):
                     break
+                if budget.read_through is not None and budget.read_through is not mapping.correction:
+                    mapping = CorrectedMapping(georef, budget.read_through)
+                    if budget.reread:
+                        queue.extendleft(reversed(found))  # first, in the order they were matched
+                        budget.next_check += len(found)  # the check still comes after as many distinct tiles
+                        budget.tiles_reread += len(found)
+                        found.clear()
             if progress:
-                progress(done, len(tiles))
+                progress(min(done, len(tiles)), len(tiles))
     if batch:
         flush()
     if progress:
         progress(len(tiles), len(tiles))
-    if not parts:
-        return Correspondences.empty(), 0
-    return Correspondences.concatenate(parts), n_matched
+    if not found:
+        return Correspondences.empty(), 0, mapping.correction
+    return Correspondences.concatenate(list(found.values())), len(found), mapping.correction
 
 
-def _read_ahead(reader: TileReader, tiles: list[Grid], order: list[int], mapping: CorrectedMapping,
-                max_offset: float, horizon: Callable[[], float]) -> Iterator[tuple[int, TilePair | None]]:
-    """The tile pairs in ``order``, read by a background thread up to a batch ahead of
-    the matcher, so that reading and matching overlap, but never beyond ``horizon()``
-    tiles: a read past the check that ends the pass would be wasted. Reads still queued
-    when the caller stops are cancelled and running ones finished before returning: the
-    next pass must not read the same datasets from two threads at once."""
-    pending: deque[tuple[int, Future]] = deque()
-    upcoming = iter(order)
+def _read_ahead(reader: TileReader, tiles: list[Grid], queue: deque[int], mapping: Callable[[], CorrectedMapping],
+                max_offset: float, horizon: Callable[[], float]) -> Iterator[tuple[int, TilePair | None,
+                                                                                  CorrectedMapping]]:
+    """The tile pairs whose indices the caller leaves at the front of ``queue``, each
+    with the mapping it was read through (``mapping()`` when its read was started),
+    read by a background thread up to a batch ahead of the matcher, so that reading and
+    matching overlap, but never beyond ``horizon()`` tiles: a read past the check that
+    ends the pass would be wasted. Reads still queued when the caller stops are
+    cancelled and running ones finished before returning: the next pass must not read
+    the same datasets from two threads at once."""
+    pending: deque[tuple[int, CorrectedMapping, Future]] = deque()
     submitted = 0
     with ThreadPoolExecutor(1, thread_name_prefix="dmreg-tiles") as pool:
         def fill() -> None:
             nonlocal submitted
-            while len(pending) < reader.options.batch_size and submitted < horizon():
-                index = next(upcoming, None)
-                if index is None:
-                    return
-                pending.append((index, pool.submit(reader.pair, tiles[index], mapping.inverse, max_offset)))
+            while queue and len(pending) < reader.options.batch_size and submitted < horizon():
+                index, through = queue.popleft(), mapping()
+                pending.append((index, through, pool.submit(reader.pair, tiles[index], through.inverse,
+                                                            max_offset)))
                 submitted += 1
 
         try:
             fill()
             while pending:
-                index, read = pending.popleft()
+                index, through, read = pending.popleft()
                 fill()
-                yield index, read.result()
-                fill()  # the caller may have checked the budget, and moved its horizon
+                yield index, read.result(), through
+                fill()  # the caller may have checked the budget, and moved its horizon or the queue
         finally:
-            for _, read in pending:
+            for _, _, read in pending:
                 read.cancel()
 
 

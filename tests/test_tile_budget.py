@@ -104,7 +104,8 @@ def test_a_first_pass_that_does_not_move_the_model_becomes_the_final_one(large_p
     assert promoted.passes[0]["moved_px"] <= StructuralMatcher.refine_tolerance_px
     assert FINAL_FIRST_CHECK <= promoted.passes[0]["tiles_read"] <= 24 and promoted.passes[0]["stopped_early"]
     assert promoted.passes[0]["promoted"]
-    strict = estimate(large_pair["ref"], large_pair["easy"], OPTIONS, matcher=StructuralMatcher(refine_tolerance_px=0))
+    strict = estimate(large_pair["ref"], large_pair["easy"], OPTIONS,
+                      matcher=StructuralMatcher(refine_tolerance_px=0, retarget_within_px=0))
     assert len(strict.passes) == 2, strict.passes
     assert strict.passes[0]["tiles_read"] == 8  # the first check, at three times the target, stopped it
     assert not any(p["promoted"] for p in strict.passes)
@@ -150,3 +151,38 @@ def test_a_promoted_pass_searches_its_remaining_tiles_as_narrowly_as_a_refinemen
     first, rest = offsets[:PROMOTION_CHECK], offsets[PROMOTION_CHECK:]
     assert min(first) > REFINED_OFFSET and rest and set(rest) == {REFINED_OFFSET}, offsets
     assert _error(result) < 0.05
+
+
+def test_a_first_pass_whose_model_moved_a_little_reads_on_through_it(large_pair, monkeypatch):
+    """A coarse level of 128 px leaves the model a quarter of a pixel off, beyond the
+    structural matcher's tolerance but within its ``retarget_within_px``: the first check
+    makes the pass final, the remaining tiles are read through its model and the four
+    matched before it are read again. That is four reads more than a promoted pass,
+    where a refinement pass reads every tile it needs again, for the same answer."""
+    from dmreg.coarse import TileReader
+    from dmreg.fine import FINAL_FIRST_CHECK, PROMOTION_CHECK
+    from dmreg.matchers.structural import StructuralMatcher
+
+    reads = []
+    read = TileReader.pair
+
+    def recording(self, grid, *args, **kwargs):
+        if grid.shape == (128, 128):
+            reads.append((grid.x0, grid.y0))
+        return read(self, grid, *args, **kwargs)
+
+    monkeypatch.setattr(TileReader, "pair", recording)
+    options = RegisterOptions(tile_size=128, tile_overlap=0, coarse_size=128)
+    retargeted = estimate(large_pair["ref"], large_pair["easy"], options)
+    [only] = retargeted.passes
+    assert only["promoted"] and only["tiles_reread"] == PROMOTION_CHECK and only["stopped_early"], only
+    assert only["moved_px"] <= StructuralMatcher.refine_tolerance_px
+    assert only["tiles_read"] == len(reads) == FINAL_FIRST_CHECK + PROMOTION_CHECK, only
+    assert only["tiles_matched"] == FINAL_FIRST_CHECK == len(set(reads))
+    assert reads[PROMOTION_CHECK:2 * PROMOTION_CHECK] == reads[:PROMOTION_CHECK]  # read again, first
+
+    reads.clear()
+    refined = estimate(large_pair["ref"], large_pair["easy"], options, matcher=StructuralMatcher(retarget_within_px=0))
+    assert len(refined.passes) == 2 and not refined.passes[0]["promoted"], refined.passes
+    assert len(reads) > only["tiles_read"]
+    assert _error(retargeted) <= _error(refined) + 0.01
