@@ -4,8 +4,9 @@ moving tile is read a fraction of a pixel away from the truth.
 
 A first pass is promoted to final, with no refinement pass, when its model stays within
 the matcher's ``refine_tolerance_px`` of the model its tiles were read through
-(``dmreg/fine.py``). That is only safe while tiles read that far off bias the peaks by
-much less than the target error. This script measures it on bands of one scene, which
+(``dmreg/fine.py``), or within its ``retarget_within_px`` if it then reads its first
+tiles again. That is only safe while tiles read that far off bias the peaks by much
+less than the target error. This script measures it on bands of one scene, which
 the provider registered to each other, so the true offset is the same at every read
 offset:
 
@@ -24,7 +25,7 @@ Output: a table per pair (median and largest bias over tiles and directions at e
 offset, templates matched per tile) on stdout and as JSON in
 ``benchmarks/results/peak_bias/peak_bias.json``.
 
-Usage: python benchmarks/peak_bias.py [--matcher structural] [--offsets 0.05,0.1,0.2,0.3,0.5]
+Usage: python benchmarks/peak_bias.py [--matcher structural] [--offsets 0.05,0.1,0.2,0.3,0.5,0.75,1]
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def measured_offset(matcher, ref_full: np.ndarray, mov_full: np.ndarray, origin:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--matcher", default="structural")
-    ap.add_argument("--offsets", default="0.05,0.1,0.2,0.3,0.5", help="read offsets in px (comma list)")
+    ap.add_argument("--offsets", default="0.05,0.1,0.2,0.3,0.5,0.75,1", help="read offsets in px (comma list)")
     args = ap.parse_args()
     offsets = [float(v) for v in args.offsets.split(",")]
     matcher = get_matcher(args.matcher)
