@@ -22,7 +22,7 @@ from dmreg.coarse import IDENTITY, SEARCH_SPREAD, TileReader, coarse_alignment, 
 from dmreg.errors import DmregError, FlaggedError, OutputExistsError, RegistrationError
 from dmreg.estimate.models import Transform
 from dmreg.estimate.robust import ModelFit
-from dmreg.estimate.uncertainty import bootstrap_uncertainty
+from dmreg.estimate.uncertainty import GENERALISATIONS, bootstrap_uncertainty, model_spread
 from dmreg.fine import ProgressFn, fine_passes, largest_distance
 from dmreg.geometry.footprint import overlap_in_reference
 from dmreg.geometry.mapping import GeorefMapping, check_points
@@ -93,9 +93,14 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         if coarse_model is not None:
             coarse["fine_departure_px"] = _check_agreement(coarse_model, selected, overlap, allowed_departure)
         t = time.perf_counter()
+        general = [f.transform for kind, f in fine.fits.items()
+                   if f.meaningful and kind in GENERALISATIONS.get(selected.kind, ())]
         uncertainty = bootstrap_uncertainty(selected.transform, matches.pred_px, matches.ref_px, selected.inliers,
-                                            matches.tile, at, seed=options.seed)
+                                            matches.tile, at, seed=options.seed,
+                                            spread_px=model_spread(selected.transform, general, at))
         timings["uncertainty"] = time.perf_counter() - t
+        if uncertainty.model_spread_px > work_scale:
+            warnings.append(_underdetermined(selected.kind, uncertainty.model_spread_px))
     timings["total"] = time.perf_counter() - t_start
     return RegistrationResult(
         ref=ref, mov=mov, georef=georef, correction=selected.transform, selected=selected, fits=fine.fits,
@@ -103,6 +108,12 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         tiles_matched=fine.tiles_matched, coarse=coarse, passes=fine.passes, uncertainty=uncertainty,
         timings_s=timings, warnings=warnings,
     )
+
+
+def _underdetermined(kind: str, spread_px: float) -> str:
+    return (f"a more general model that also explains the matches puts points up to {spread_px:.1f} px from where "
+            f"the {kind} model does: the matches do not pin the mapping down better than that (it is in the "
+            "predicted error; --max-error flags such results)")
 
 
 def _working_scale(georef: GeorefMapping, mov: RasterInfo) -> float:

@@ -8,11 +8,18 @@ there. It is large where the mapping extrapolates and where few blocks support i
 it measures the variance of the estimate, not a bias shared by all matches. The local
 model is refitted whole (base and field, hyperparameters kept), and the field's
 posterior spread is added: far from every match the local distortion is simply unknown.
+
+The bootstrap cannot see a model too simple for the data: a translation fitted to a
+scaled pair is biased, and its replicates agree on the bias. So where a more general
+model that also explains the matches (:data:`GENERALISATIONS`) puts a point elsewhere,
+that disagreement is added too (:func:`model_spread`): the data do not tell the two
+answers apart there.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +28,11 @@ from dmreg.estimate.models import MIN_SAMPLES, fit
 from dmreg.estimate.blocks import MIN_BLOCKS, spatial_blocks
 from dmreg.estimate.local import refitted_prediction
 from dmreg.geometry.mapping import PointTransform
+
+GENERALISATIONS = {"translation": ("similarity", "affine"), "similarity": ("affine",)}
+"""The well-conditioned models that contain each kind. Homography and the quadratic
+polynomial contain them too, but extrapolate wildly from matches that do not span the
+raster: their disagreement would measure that, not the chosen model's error."""
 
 REPLICATES = 100
 LOCAL_REPLICATES = 30  # each refits a Gaussian process (fixed hyperparameters): ~20 ms
@@ -34,18 +46,32 @@ class Uncertainty:
     ce90_px: float
     replicates: int
     blocks: int
+    model_spread_px: float = 0.0  # the largest disagreement of a more general model added in
 
     def as_dict(self) -> dict:
         return {"method": "block bootstrap", "replicates": self.replicates, "blocks": self.blocks,
+                "model_spread_px": finite_or_none(self.model_spread_px),
                 "predicted_ce90_px": finite_or_none(self.ce90_px),
                 "check_grid_error_px": [finite_or_none(e) for e in self.error_px]}
 
 
+def model_spread(model: PointTransform, alternatives: Iterable[PointTransform], at: np.ndarray) -> np.ndarray:
+    """Per point of ``at``, the largest distance between where ``model`` and each of
+    ``alternatives`` put it (zero without alternatives)."""
+    x, y = model.apply(at[:, 0], at[:, 1])
+    spread = np.zeros(len(at))
+    for other in alternatives:
+        ox, oy = other.apply(at[:, 0], at[:, 1])
+        spread = np.maximum(spread, np.hypot(ox - x, oy - y))
+    return spread
+
+
 def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarray, inliers: np.ndarray,
                           tiles: np.ndarray, at: np.ndarray, replicates: int = REPLICATES,
-                          seed: int = 0) -> Uncertainty:
+                          seed: int = 0, spread_px: np.ndarray | None = None) -> Uncertainty:
     """Expected error of ``model`` at the points ``at`` (N x 2, in ``src`` coordinates):
-    the spread of the refitted replicates around their mean.
+    the spread of the refitted replicates around their mean, and ``spread_px`` per
+    point (:func:`model_spread`) in quadrature.
 
     With fewer than three blocks there is nothing to resample: the error is unknown
     (infinite), which callers must treat as "not shown to be accurate".
@@ -72,9 +98,12 @@ def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarra
     dev = np.hypot(*np.moveaxis(p - p.mean(axis=0), -1, 0))
     dev = np.where(np.isfinite(dev), dev, math.inf)
     local_sd = model.std_at(at[:, 0], at[:, 1]) if local else np.zeros(len(at))
-    error = np.sqrt(np.mean(dev ** 2, axis=0) + local_sd ** 2)
-    pooled = np.sqrt(dev ** 2 + local_sd ** 2)
-    return Uncertainty(error, float(np.quantile(pooled, 0.9)), len(predictions), n_blocks)
+    spread = np.zeros(len(at)) if spread_px is None else spread_px
+    added = local_sd ** 2 + spread ** 2
+    error = np.sqrt(np.mean(dev ** 2, axis=0) + added)
+    pooled = np.sqrt(dev ** 2 + added)
+    return Uncertainty(error, float(np.quantile(pooled, 0.9)), len(predictions), n_blocks,
+                       float(spread.max()) if len(spread) else 0.0)
 
 
 def _refits(model: PointTransform, kind: str, s: np.ndarray, d: np.ndarray, members: list[np.ndarray],
