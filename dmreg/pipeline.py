@@ -93,8 +93,9 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         if coarse_model is not None:
             coarse["fine_departure_px"] = _check_agreement(coarse_model, selected, overlap, allowed_departure)
         t = time.perf_counter()
-        general = [f.transform for kind, f in fine.fits.items()
-                   if f.meaningful and kind in GENERALISATIONS.get(selected.kind, ())]
+        general = [(f.transform, bootstrap_uncertainty(f.transform, matches.pred_px, matches.ref_px, f.inliers,
+                                                       matches.tile, at, seed=options.seed).error_px)
+                   for kind, f in fine.fits.items() if f.meaningful and kind in GENERALISATIONS.get(selected.kind, ())]
         uncertainty = bootstrap_uncertainty(selected.transform, matches.pred_px, matches.ref_px, selected.inliers,
                                             matches.tile, at, seed=options.seed,
                                             spread_px=model_spread(selected.transform, general, at))
@@ -141,6 +142,13 @@ def _check_agreement(coarse_model: Transform, selected: ModelFit, overlap: Polyg
     return round(departure, 3)
 
 
+DEFAULT_MAX_ERROR_WORKING_PX = 2.0
+"""Without ``--max-error``, a result whose predicted CE90 exceeds this many working
+pixels is flagged, not written as if it were good. Over the 144 validation pairs it
+flagged 20 of DistillMatch's 108 answers, 17 of them more than 3 px off at 90 % of the
+check grid and none within 2 px (structural: 6 of 52; 4 and 1)."""
+
+
 def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOptions(),
              outputs: OutputOptions = OutputOptions(), matcher: Matcher | None = None,
              progress: ProgressFn | None = None) -> RegistrationResult:
@@ -180,15 +188,20 @@ def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOp
 
 def _check_predicted_error(result: RegistrationResult, options: RegisterOptions, outputs: OutputOptions,
                            ref_path: str, mov_path: str) -> None:
-    """Above ``--max-error`` the estimate is flagged: the report (status "flagged") is
-    written for inspection, the raster is not."""
+    """Above ``--max-error`` (by default ``DEFAULT_MAX_ERROR_WORKING_PX`` working
+    pixels) the estimate is flagged: the report (status "flagged") is written for
+    inspection, the raster is not."""
     if options.max_error_px is None:
-        return
+        limit = DEFAULT_MAX_ERROR_WORKING_PX * _working_scale(result.georef, result.mov)
+        named = (f"the default limit of {DEFAULT_MAX_ERROR_WORKING_PX:g} working pixels ({limit:.3g} px here; "
+                 "--max-error sets another, --max-error inf none)")
+    else:
+        limit, named = options.max_error_px, f"--max-error {options.max_error_px:g} px"
     predicted = result.uncertainty.ce90_px if result.uncertainty else math.inf
-    if predicted <= options.max_error_px:
+    if predicted <= limit:
         return
     shown = f"{predicted:.2f} px" if math.isfinite(predicted) else "unknown (too few independent blocks of matches)"
-    reason = f"predicted error (CE90) {shown} exceeds --max-error {options.max_error_px:g} px"
+    reason = f"predicted error (CE90) {shown} exceeds {named}"
     if outputs.report:
         report = {**build_report(result, ref_path, mov_path, status="flagged", flag=reason), **outputs.report_extra}
         write_text(outputs.report, to_json(report), outputs.overwrite)

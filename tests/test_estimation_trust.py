@@ -209,6 +209,22 @@ def test_max_error_passes_an_accurate_result(shift_nir, tmp_path):
     assert out.exists()
 
 
+def test_without_max_error_the_default_limit_in_working_pixels_flags(shift_nir, tmp_path, monkeypatch):
+    """The default limit applies when --max-error is not given; --max-error inf lifts it."""
+    import dmreg.pipeline
+
+    monkeypatch.setattr(dmreg.pipeline, "DEFAULT_MAX_ERROR_WORKING_PX", 1e-4)
+    out = tmp_path / "out.tif"
+    flagged = CliRunner().invoke(app, ["register", str(shift_nir.ref), str(shift_nir.mov), "-o", str(out)])
+    assert flagged.exit_code == 9, flagged.output
+    assert "exceeds the default limit of 0.0001 working pixels" in normalised(flagged.output)
+    assert not out.exists()
+    accepted = CliRunner().invoke(app, ["register", str(shift_nir.ref), str(shift_nir.mov), "-o", str(out),
+                                        "--max-error", "inf"])
+    assert accepted.exit_code == 0, accepted.output
+    assert out.exists()
+
+
 def test_batch_flags_pairs_above_max_error(shift_nir, tmp_path):
     incoming = tmp_path / "in"
     incoming.mkdir()
