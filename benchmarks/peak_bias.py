@@ -4,7 +4,7 @@ moving tile is read a fraction of a pixel away from the truth.
 
 A first pass is promoted to final, with no refinement pass, when its model stays within
 the matcher's ``refine_tolerance_px`` of the model its tiles were read through
-(``dmreg/fine.py``), or within its ``retarget_within_px`` if it then reads its first
+(``dmreg/fine.py``), or within its ``reread_within_px`` if it then reads its first
 tiles again. That is only safe while tiles read that far off bias the peaks by much
 less than the target error. This script measures it on bands of one scene, which
 the provider registered to each other, so the true offset is the same at every read

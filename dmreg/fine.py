@@ -8,7 +8,7 @@ from zero offset, and runs only when the first one moved the model further than 
 matcher's peaks are biased by: a first pass that turns out not to move it becomes the
 final one while it runs, and searches its remaining tiles as narrowly as a refinement
 pass would, reading them through the model its first tiles fitted. One that moves it
-a little further than that (within the matcher's ``retarget_within_px``) becomes final
+a little further than that (within the matcher's ``reread_within_px``) becomes final
 too, and reads those first tiles again: a few tiles more instead of a whole second
 pass.
 """
@@ -69,10 +69,10 @@ tiles are read through is off by more than the tolerance, and a promotion this e
 narrows the search of the tiles after them. Whether it has matched enough waits for
 ``FIRST_CHECK``."""
 
-RETARGET_WITHIN_PX = 0.0
-"""Working pixels: by default a first pass is never retargeted (see ``TileBudget``). A
-matcher whose peaks stay nearly unbiased over a wider range of read offsets says how
-wide in its ``retarget_within_px``."""
+REREAD_WITHIN_PX = 0.0
+"""Working pixels: by default a first pass whose model moved beyond the matcher's
+tolerance is never promoted (see ``TileBudget``). A matcher whose peaks stay nearly
+unbiased over a wider range of read offsets says how wide in its ``reread_within_px``."""
 
 REFINED_OFFSET = 4.0
 """Working pixels: the search bound of tiles read through a model the fine stage fitted
@@ -108,7 +108,7 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
     passes: list[dict] = []
     told: Callable[[float | None, bool], None] | None = getattr(matcher, "fine_pass", None)
     tolerance = getattr(matcher, "refine_tolerance_px", REFINE_TOLERANCE_PX) * work_scale
-    retarget = max(getattr(matcher, "retarget_within_px", RETARGET_WITHIN_PX) * work_scale, tolerance)
+    reread_within = max(getattr(matcher, "reread_within_px", REREAD_WITHIN_PX) * work_scale, tolerance)
     moved: float | None = None
     try:
         for refinement in range(1 + options.refinements):
@@ -116,7 +116,7 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
             final = refinement == options.refinements
             budget = TileBudget(_budget_kind(options, passes, coarse), threshold, radius, options, at,
                                 options.target_error_px * work_scale, final, timings,
-                                None if final else _Promotion(initial, overlap, tolerance, retarget))
+                                None if final else _Promotion(initial, overlap, tolerance, reread_within))
             if told:  # tile pixels: how far the model this pass reads through moved from the last one's
                 told(None if moved is None else moved / work_scale, final)
             matches, n_matched, read_through = _match_tiles(reader, matcher, georef, initial, tiles, order,
@@ -172,12 +172,13 @@ def _tile_size(matcher: Matcher, overlap: Polygon, work_scale: float, options: R
 class _Promotion:
     """What makes a first pass the final one: its model stays within ``tolerance`` of
     ``initial``, the model its tiles were read through, everywhere in ``overlap``; or
-    within ``retarget`` (no less than ``tolerance``), and the pass reads on through it."""
+    within ``reread_within`` (no less than ``tolerance``), and the tiles read so far are
+    read again through the new model."""
 
     initial: Transform
     overlap: Polygon
     tolerance: float
-    retarget: float
+    reread_within: float
 
 
 class TileBudget:
@@ -196,7 +197,7 @@ class TileBudget:
     tiles are read through that model (:attr:`read_through`) and searched within
     ``REFINED_OFFSET`` (:attr:`search_offset`), as a refinement pass's would be.
 
-    A model that moved beyond the tolerance but within the promotion's ``retarget``
+    A model that moved beyond the tolerance but within the promotion's ``reread_within``
     bound promotes the pass too, and the tiles matched so far are then read again
     through it (:attr:`reread`: their reads were off by more than the tolerance). This
     costs the tiles read before the check, where a refinement pass would read every
@@ -259,7 +260,7 @@ class TileBudget:
         """Whether this check made the pass final and its next check is still to come."""
         p = self.promotion
         moved = math.inf if p is None else largest_distance(p.initial, model, p.overlap)
-        if not moved <= p.retarget:
+        if not moved <= p.reread_within:
             return False
         self.final, self.target_px, self.search_offset = True, self.final_target_px, REFINED_OFFSET
         self.read_through, self.reread = model, moved > p.tolerance

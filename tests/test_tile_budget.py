@@ -105,7 +105,7 @@ def test_a_first_pass_that_does_not_move_the_model_becomes_the_final_one(large_p
     assert FINAL_FIRST_CHECK <= promoted.passes[0]["tiles_read"] <= 24 and promoted.passes[0]["stopped_early"]
     assert promoted.passes[0]["promoted"]
     strict = estimate(large_pair["ref"], large_pair["easy"], OPTIONS,
-                      matcher=StructuralMatcher(refine_tolerance_px=0, retarget_within_px=0))
+                      matcher=StructuralMatcher(refine_tolerance_px=0, reread_within_px=0))
     assert len(strict.passes) == 2, strict.passes
     assert strict.passes[0]["tiles_read"] == 8  # the first check, at three times the target, stopped it
     assert not any(p["promoted"] for p in strict.passes)
@@ -155,7 +155,7 @@ def test_a_promoted_pass_searches_its_remaining_tiles_as_narrowly_as_a_refinemen
 
 def test_a_first_pass_whose_model_moved_a_little_reads_on_through_it(large_pair, monkeypatch):
     """A coarse level of 128 px leaves the model a quarter of a pixel off, beyond the
-    structural matcher's tolerance but within its ``retarget_within_px``: the first check
+    structural matcher's tolerance but within its ``reread_within_px``: the first check
     makes the pass final, the remaining tiles are read through its model and the four
     matched before it are read again. That is four reads more than a promoted pass,
     where a refinement pass reads every tile it needs again, for the same answer."""
@@ -173,8 +173,8 @@ def test_a_first_pass_whose_model_moved_a_little_reads_on_through_it(large_pair,
 
     monkeypatch.setattr(TileReader, "pair", recording)
     options = RegisterOptions(tile_size=128, tile_overlap=0, coarse_size=128)
-    retargeted = estimate(large_pair["ref"], large_pair["easy"], options)
-    [only] = retargeted.passes
+    reread = estimate(large_pair["ref"], large_pair["easy"], options)
+    [only] = reread.passes
     assert only["promoted"] and only["tiles_reread"] == PROMOTION_CHECK and only["stopped_early"], only
     assert only["moved_px"] <= StructuralMatcher.refine_tolerance_px
     assert only["tiles_read"] == len(reads) == FINAL_FIRST_CHECK + PROMOTION_CHECK, only
@@ -182,7 +182,7 @@ def test_a_first_pass_whose_model_moved_a_little_reads_on_through_it(large_pair,
     assert reads[PROMOTION_CHECK:2 * PROMOTION_CHECK] == reads[:PROMOTION_CHECK]  # read again, first
 
     reads.clear()
-    refined = estimate(large_pair["ref"], large_pair["easy"], options, matcher=StructuralMatcher(retarget_within_px=0))
+    refined = estimate(large_pair["ref"], large_pair["easy"], options, matcher=StructuralMatcher(reread_within_px=0))
     assert len(refined.passes) == 2 and not refined.passes[0]["promoted"], refined.passes
     assert len(reads) > only["tiles_read"]
-    assert _error(retargeted) <= _error(refined) + 0.01
+    assert _error(reread) <= _error(refined) + 0.01

@@ -45,7 +45,7 @@ class StructuralMatcher:
     needed. Red against NIR, whose contrast inverts over vegetation, was biased by
     0.055 px on the small Landsat 7 example (42 matches per tile, 0.016 px of noise): on
     such pairs a promoted pass may keep about the target's error."""
-    retarget_within_px: float = 1.0
+    reread_within_px: float = 1.0
     """Read 0.5-1 px off, the peaks stay as little biased as at 0.2 px (medians 0.006-0.015 px
     on the Landsat pairs above, 0.046-0.064 px on red/NIR): a first pass whose four-tile
     model moved this little is read on through that model, which is then within a tenth
