@@ -237,11 +237,15 @@ def test_rerun_skips_complete_pairs_and_redoes_partial_ones(incoming: Path, tmp_
     args = (incoming, "--reference", L7, "--ref-band", 3, "--out", out, "-q")
     assert batch(*args)[0] == 0
     kept = (out / "swir2.tif").stat().st_mtime_ns
-    # a crash: nir's report never written, swir1's raster cut short, a temp file left behind
+    # a crash: nir's report never written, swir1's raster cut short, a temp file and a
+    # COG's intermediate folder left behind
     (out / "nir.report.json").unlink()
     (out / "swir1.tif").write_bytes((out / "swir1.tif").read_bytes()[:3000])
     leftover = out / ".nir.tif.abc123.dmreg-tmp"
     leftover.write_bytes(b"partial")
+    folder = out / ".swir1.tif.def456.dmreg-tmp"
+    folder.mkdir()
+    (folder / "intermediate.tif").write_bytes(b"partial")
 
     code, text = batch(*args)
     assert code == 0, text
@@ -249,7 +253,7 @@ def test_rerun_skips_complete_pairs_and_redoes_partial_ones(incoming: Path, tmp_
     assert rows["nir"]["status"] == "ok" and rows["swir1"]["status"] == "ok"
     assert rows["swir2"]["status"] == "skipped" and rows["swir2"]["model"] and rows["swir2"]["rmse_px"] is not None
     assert (out / "swir2.tif").stat().st_mtime_ns == kept, "a complete pair is not touched"
-    assert not leftover.exists()
+    assert not leftover.exists() and not folder.exists()
     for band in SHIFTS:
         assert_registered(out, band)
 

@@ -7,6 +7,7 @@ for the same two inputs and the raster opens. Anything less is redone."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from rasterio.errors import RasterioError
 
 from dmreg.io.raster import gdal_env
 
-TEMP_GLOB = ".*.dmreg-tmp"  # dmreg.io.writing.atomic_path's temporary files
+TEMP_GLOB = ".*.dmreg-tmp"
+"""dmreg.io.writing.atomic_path's temporary files, and the folders of
+dmreg.io.cog.intermediate_geotiff (a COG's first GeoTIFF)."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,14 @@ def completed_report(outputs: PairOutputs, reference: str, moving: str) -> dict 
 
 
 def remove_temp_files(out_dir: Path) -> list[Path]:
-    """Delete temporary files of runs that were killed (the caller holds the folder's lock)."""
+    """Delete temporary files and folders of runs that were killed (the caller holds the
+    folder's lock)."""
     removed = []
     for tmp in out_dir.glob(TEMP_GLOB):
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         removed.append(tmp)
     for aux in out_dir.glob(".*.dmreg-tmp.aux.xml"):
         aux.unlink(missing_ok=True)
