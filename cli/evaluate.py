@@ -15,10 +15,10 @@ from rich.table import Table
 from rich.text import Text
 
 from .console import configure_logging, exit_codes, stderr
-from .options import (Debug, Device, MaxOffset, MaxTiles, TargetError, MinInliers, SarScale, RpcHeight, Dem, GcpTps, Model, MovBand, Overwrite, Quiet,
+from .options import (Debug, Device, MaxError, MaxOffset, MaxTiles, TargetError, MinInliers, SarScale, RpcHeight, Dem, GcpTps, Model, MovBand, Overwrite, Quiet,
                       RansacThreshold, RefBand, TileOverlap, TileSize, Verbose, Weights, register_options)
 from dmreg.errors import UsageError
-from dmreg.evaluate import (ALL, AUC_MAX_PX, SUCCESS_THRESHOLDS_PX, Evaluation, PairResult, load_manifest,
+from dmreg.evaluate import (ALL, AUC_MAX_PX, SUCCESS_THRESHOLDS_PX, WRONG_PX, Evaluation, PairResult, load_manifest,
                             parse_matchers, run_evaluation, select_pairs)
 from dmreg.evaluate.manifest import find_manifest
 from dmreg.io.writing import check_output, write_text
@@ -61,6 +61,7 @@ def evaluate_command(
     max_offset: MaxOffset = DEFAULTS.max_offset_px,
     ransac_threshold: RansacThreshold = DEFAULTS.ransac_threshold_px,
     min_inliers: MinInliers = DEFAULTS.min_inliers,
+    max_error: MaxError = None,
     seed: Annotated[int, typer.Option("--seed", help="RANSAC seed.")] = DEFAULTS.seed,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
@@ -69,7 +70,7 @@ def evaluate_command(
 ) -> None:
     """Register every pair of PAIRS with each matcher, as `dmreg register` would, and measure the error against the truth.
 
-    Prints per matcher and modality pair the success rate at 1, 3, 5 and 10 px, the median error, the AUC of the error curve up to 10 px, the mean time per pair and the failures. A pair that fails to register counts as an infinite error. --ref-band/--mov-band apply to pairs whose manifest entry names no band.
+    Prints per matcher and modality pair the success rate at 1, 3, 5 and 10 px, the median error, the AUC of the error curve up to 10 px, the mean time per pair, the failures, the pairs flagged by --max-error or its default (register would write no raster: they count as failed, their error is still in the JSON) and the wrong answers reported as good (ok, yet more than 3 px off). A pair that fails to register counts as an infinite error. --ref-band/--mov-band apply to pairs whose manifest entry names no band.
 
     Exit codes: 0 evaluated (whatever the accuracy), 2 usage or malformed manifest, 3 manifest or image missing, 6 --json output exists (use --overwrite).
     """
@@ -81,7 +82,7 @@ def evaluate_command(
         options = register_options(
             matcher=specs[0].name, weights=specs[0].weights, device=device, model=model, ref_band=ref_band,
             mov_band=mov_band, ref_modality=None, mov_modality=None, tile_size=tile_size, tile_overlap=tile_overlap,
-            max_tiles=max_tiles, sar_scale=sar_scale, rpc_height=rpc_height, dem=dem, gcp_tps=gcp_tps, target_error=target_error, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers,
+            max_tiles=max_tiles, sar_scale=sar_scale, rpc_height=rpc_height, dem=dem, gcp_tps=gcp_tps, target_error=target_error, max_offset=max_offset, ransac_threshold=ransac_threshold, min_inliers=min_inliers, max_error=max_error,
         )
         options = replace(options, seed=seed)
         check_output(json_out, overwrite)
@@ -112,13 +113,14 @@ def evaluate_command(
 def summary_table(evaluation: Evaluation) -> Table:
     """Per matcher a heading row, one row per modality pair and its total over all pairs
     (bold): n pairs, success rates, median error (px), AUC of the error curve up to
-    AUC_MAX_PX, mean seconds per pair, failures, and how exact the truth of the group's
-    pairs is ("±truth", e.g. Sentinel-1 against Sentinel-2)."""
+    AUC_MAX_PX, mean seconds per pair, failures, flagged pairs, pairs reported ok yet
+    more than WRONG_PX off, and how exact the truth of the group's pairs is ("±truth",
+    e.g. Sentinel-1 against Sentinel-2)."""
     n = len({r.name for r in evaluation.rows})
-    table = Table(title=f"dmreg evaluate: {n} pair(s); error in px, failures count as infinite, AUC up to "
-                  f"{AUC_MAX_PX:g} px", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
+    table = Table(title=f"dmreg evaluate: {n} pair(s); error in px, failed and flagged pairs count as infinite, "
+                  f"AUC up to {AUC_MAX_PX:g} px; wrong: ok yet over {WRONG_PX:g} px off", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
     table.add_column("matcher / modalities", overflow="fold", min_width=12)
-    numeric = ["n", *(f"SR@{t:g}" for t in SUCCESS_THRESHOLDS_PX), "median", "AUC", "s", "fail", "±truth"]
+    numeric = ["n", *(f"SR@{t:g}" for t in SUCCESS_THRESHOLDS_PX), "median", "AUC", "s", "fail", "flag", "wrong", "±truth"]
     for name in numeric:
         table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     matcher = None
@@ -130,6 +132,7 @@ def summary_table(evaluation: Evaluation) -> Table:
         table.add_row(
             Text(f"  {s.modalities}"), str(s.pairs), *(_rate(v) for v in s.success_rates.values()),
             _px(s.median_error_px), _rate(s.auc), f"{s.mean_time_s:.2f}", str(s.failures),
+            str(s.flagged), str(s.wrong_ok),
             f"{s.truth_tolerance_px:g}" if s.truth_tolerance_px else "-",
             style="bold" if total else None, end_section=total,
         )
@@ -145,8 +148,11 @@ def _px(value: float) -> str:
 
 
 def _log_pair(row: PairResult, done: int, total: int, echo: bool) -> None:
-    if row.status != "ok":
+    if row.status == "failed":
         line = f"[{done}/{total}] {row.matcher} {row.name}: failed (exit {row.exit_code}): {row.error}"
+    elif row.status == "flagged":
+        line = (f"[{done}/{total}] {row.matcher} {row.name}: flagged (exit {row.exit_code}): {row.error}; error "
+                f"{row.error_px:.3f} px (max {row.max_error_px:.3f}), {row.time_s:.2f} s")
     else:
         line = (f"[{done}/{total}] {row.matcher} {row.name}: {row.model}, error {row.error_px:.3f} px "
                 f"(max {row.max_error_px:.3f}), {row.time_s:.2f} s")

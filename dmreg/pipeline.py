@@ -37,7 +37,7 @@ from dmreg.result import Correspondences, RegistrationResult
 from dmreg.runtime import serial_blas
 
 __all__ = ["MODEL_CHOICES", "Correspondences", "OutputOptions", "ProgressFn", "RegisterOptions",
-           "RegistrationResult", "estimate", "register"]
+           "RegistrationResult", "estimate", "predicted_error_flag", "register"]
 
 
 def estimate(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOptions(),
@@ -186,11 +186,10 @@ def register(ref_path: str, mov_path: str, options: RegisterOptions = RegisterOp
     return result
 
 
-def _check_predicted_error(result: RegistrationResult, options: RegisterOptions, outputs: OutputOptions,
-                           ref_path: str, mov_path: str) -> None:
-    """Above ``--max-error`` (by default ``DEFAULT_MAX_ERROR_WORKING_PX`` working
-    pixels) the estimate is flagged: the report (status "flagged") is written for
-    inspection, the raster is not."""
+def predicted_error_flag(result: RegistrationResult, options: RegisterOptions) -> str | None:
+    """Why the estimate must be flagged rather than written as good, or None: its
+    predicted error exceeds ``--max-error`` (by default ``DEFAULT_MAX_ERROR_WORKING_PX``
+    working pixels). `dmreg evaluate` asks the same, so it scores what register delivers."""
     if options.max_error_px is None:
         limit = DEFAULT_MAX_ERROR_WORKING_PX * _working_scale(result.georef, result.mov)
         named = (f"the default limit of {DEFAULT_MAX_ERROR_WORKING_PX:g} working pixels ({limit:.3g} px here; "
@@ -199,9 +198,17 @@ def _check_predicted_error(result: RegistrationResult, options: RegisterOptions,
         limit, named = options.max_error_px, f"--max-error {options.max_error_px:g} px"
     predicted = result.uncertainty.ce90_px if result.uncertainty else math.inf
     if predicted <= limit:
-        return
+        return None
     shown = f"{predicted:.2f} px" if math.isfinite(predicted) else "unknown (too few independent blocks of matches)"
-    reason = f"predicted error (CE90) {shown} exceeds {named}"
+    return f"predicted error (CE90) {shown} exceeds {named}"
+
+
+def _check_predicted_error(result: RegistrationResult, options: RegisterOptions, outputs: OutputOptions,
+                           ref_path: str, mov_path: str) -> None:
+    """A flagged estimate writes its report (status "flagged") for inspection, not the raster."""
+    reason = predicted_error_flag(result, options)
+    if reason is None:
+        return
     if outputs.report:
         report = {**build_report(result, ref_path, mov_path, status="flagged", flag=reason), **outputs.report_extra}
         write_text(outputs.report, to_json(report), outputs.overwrite)

@@ -247,6 +247,7 @@ def test_evaluate_compares_matchers_and_measures_error_against_the_truth(pair_di
     assert swir["sr_1px"] == swir["sr_3px"] == 1.0 and swir["median_error_px"] < 0.5 and swir["auc_10px"] > 0.95
     wrong = summary["structural", "optical-wrong"]
     assert wrong["sr_10px"] == 0.0 and wrong["auc_10px"] == 0.0 and wrong["failures"] == 0
+    assert wrong["wrong_ok_3px"] == 1 and wrong["flagged"] == 0 and swir["wrong_ok_3px"] == 0
     assert summary["structural", "optical-flat"]["failures"] == 1
     assert summary["structural", "optical-flat"]["median_error_px"] is None          # infinite
     total = summary["structural", "all"]
@@ -255,9 +256,34 @@ def test_evaluate_compares_matchers_and_measures_error_against_the_truth(pair_di
     # the table on stdout, one row per matcher and modality pair
     table = normalised(result.stdout)
     assert "optical-wrong" in table and "SR@3" in table and "AUC" in table and "sift" in table
+    assert "flag" in table and "wrong" in table
     # the JSON output is not replaced without --overwrite
     again = CliRunner().invoke(app, ["evaluate", str(pair_dir), "--json", str(out), "--limit", "1"])
     assert again.exit_code == 6, again.output
+
+
+def test_evaluate_scores_a_flagged_estimate_as_register_delivers_it(pair_dir, tmp_path):
+    """An estimate register would flag (predicted error above --max-error: exit 9, no
+    raster) is "flagged": its error is measured, but it scores as a failure."""
+    (pair_dir / "manifest.csv").write_text(
+        "name,reference,moving,modalities,matrix\n"
+        f"red-swir2,red.tif,swir2.tif,optical-swir,{' '.join(str(v) for row in TRUE for v in row)}\n",
+        encoding="utf-8")
+    out, lifted = tmp_path / "flagged.json", tmp_path / "lifted.json"
+    strict = CliRunner().invoke(app, ["evaluate", str(pair_dir), "--max-error", "1e-6", "--json", str(out)])
+    assert strict.exit_code == 0, strict.output
+    doc = read_json(out)
+    row, total = doc["pairs"][0], doc["summary"][-1]
+    assert row["status"] == "flagged" and row["exit_code"] == 9 and "--max-error 1e-06 px" in row["error"]
+    assert row["error_px"] < 0.5                                   # measured all the same
+    assert total["flagged"] == 1 and total["failures"] == 0 and total["wrong_ok_3px"] == 0
+    assert total["sr_10px"] == 0.0 and total["median_error_px"] is None
+    relaxed = CliRunner().invoke(app, ["evaluate", str(pair_dir), "--max-error", "inf", "--json", str(lifted)])
+    assert relaxed.exit_code == 0, relaxed.output
+    again = read_json(lifted)
+    assert again["pairs"][0]["status"] == "ok" and again["summary"][-1]["sr_1px"] == 1.0
+    assert again["options"]["max_error_px"] == "inf" and doc["options"]["max_error_px"] == 1e-6
+    assert again["pairs"][0]["error_px"] == pytest.approx(row["error_px"])
 
 
 # --- the validation-set generator's warps ----------------------------------------------

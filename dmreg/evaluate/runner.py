@@ -8,7 +8,10 @@ the estimated and the true reference position of moving pixels: on the report's
 its check points otherwise; ``error_px`` is the mean, ``max_error_px`` the largest.
 A pair whose estimation raises a :class:`DmregError` (too few matches: exit code 5, an
 unreadable raster: 3, ...) is a failure with an infinite error; any other exception is
-a bug and propagates. Nothing here prints.
+a bug and propagates. An estimate register would flag (its predicted error above
+``--max-error`` or the default limit: exit code 9, no raster) is "flagged": its error is
+measured, to show what the flag caught, but it scores as infinite, since the user gets
+no raster. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -22,17 +25,20 @@ from datetime import datetime, timezone
 import numpy as np
 
 from dmreg import __version__
-from dmreg.errors import DmregError, UsageError
+from dmreg.errors import DmregError, FlaggedError, UsageError
 from dmreg.evaluate.manifest import EvalPair
 from dmreg.evaluate.metrics import AUC_MAX_PX, SUCCESS_THRESHOLDS_PX, auc, median_error, success_rates
 from dmreg.matchers import Matcher, get_matcher
-from dmreg.pipeline import RegisterOptions, RegistrationResult, estimate
+from dmreg.pipeline import RegisterOptions, RegistrationResult, estimate, predicted_error_flag
 from dmreg.geometry.mapping import CHECK_GRID_SIZE
 from dmreg.report import check_grid
 
 SCHEMA = "dmreg.evaluate/1"
 ALL = "all"
 """The modalities label of the summary row over every pair of a matcher."""
+WRONG_PX = 3.0
+"""An "ok" pair further off than this (SR@3's threshold) is counted as a wrong answer
+reported as good: the defect the predicted-error flag exists to prevent."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +78,15 @@ def parse_matchers(specs: list[str], default_weights: str | None = None) -> list
 @dataclass
 class PairResult:
     """One pair evaluated with one matcher. A failed pair has ``exit_code`` and
-    ``error`` and no error in pixels (it counts as infinite in the metrics)."""
+    ``error`` and no error in pixels; a flagged one has them and its error in pixels.
+    Both count as infinite in the metrics."""
 
     name: str
     modalities: str
     matcher: str
-    status: str                        # "ok" or "failed"
-    exit_code: int | None = None       # of the failure
-    error: str | None = None           # message of the failure
+    status: str                        # "ok", "flagged" or "failed"
+    exit_code: int | None = None       # of the failure or flag
+    error: str | None = None           # message of the failure or flag
     error_px: float | None = None      # mean distance to the truth over the check points
     max_error_px: float | None = None
     model: str | None = None
@@ -91,7 +98,7 @@ class PairResult:
 
     @property
     def error_for_metrics(self) -> float:
-        """The pair's error, +inf for a failure (or a mapping that is not finite there)."""
+        """The pair's error, +inf for a failure or flag (or a mapping that is not finite there)."""
         if self.status != "ok" or self.error_px is None or not math.isfinite(self.error_px):
             return math.inf
         return self.error_px
@@ -105,6 +112,8 @@ class GroupSummary:
     modalities: str
     pairs: int
     failures: int
+    flagged: int                       # estimated, but flagged: no raster (counted as failed in the rates)
+    wrong_ok: int                      # reported ok yet more than WRONG_PX off
     success_rates: dict[float, float]  # threshold px -> fraction of pairs with error <= threshold
     median_error_px: float
     auc: float                         # mean success rate over thresholds 0..AUC_MAX_PX
@@ -113,7 +122,7 @@ class GroupSummary:
 
     def as_dict(self) -> dict:
         out = {"matcher": self.matcher, "modalities": self.modalities, "pairs": self.pairs,
-               "failures": self.failures}
+               "failures": self.failures, "flagged": self.flagged, f"wrong_ok_{_g(WRONG_PX)}px": self.wrong_ok}
         out.update({f"sr_{_g(t)}px": _finite(v) for t, v in self.success_rates.items()})
         out.update({"median_error_px": _finite(self.median_error_px), f"auc_{_g(AUC_MAX_PX)}px": _finite(self.auc),
                     "mean_time_s": _finite(self.mean_time_s), "truth_tolerance_px": self.truth_tolerance_px})
@@ -136,7 +145,8 @@ class Evaluation:
 
     def document(self) -> dict:
         """The JSON document (schema dmreg.evaluate/1); infinities and NaN become null."""
-        opts = {k: v for k, v in asdict(self.options).items() if k not in ("matcher", "weights")}
+        opts = {k: str(v) if isinstance(v, float) and not math.isfinite(v) else v  # --max-error inf: not null
+                for k, v in asdict(self.options).items() if k not in ("matcher", "weights")}
         return {
             "schema": SCHEMA,
             "dmreg_version": __version__,
@@ -167,7 +177,10 @@ def evaluate_pair(pair: EvalPair, options: RegisterOptions, matcher: Matcher, la
         return replace(base, exit_code=exc.exit_code, error=str(exc), time_s=time.perf_counter() - t)
     elapsed = time.perf_counter() - t
     errors = pair_errors(pair, result)  # an infinite distance makes the mean and the max infinite
-    return replace(base, status="ok", exit_code=0, error_px=float(errors.mean()), max_error_px=float(errors.max()),
+    flag = predicted_error_flag(result, opts)
+    verdict = {"status": "ok", "exit_code": 0} if flag is None else {
+        "status": "flagged", "exit_code": FlaggedError.exit_code, "error": flag}
+    return replace(base, **verdict, error_px=float(errors.mean()), max_error_px=float(errors.max()),
                    model=result.selected.kind, inliers=int(result.selected.n_inliers), matches=len(result.matches),
                    points=len(errors), time_s=elapsed)
 
@@ -217,7 +230,9 @@ def summarise(rows: list[PairResult]) -> list[GroupSummary]:
 def summarise_group(matcher: str, modalities: str, rows: list[PairResult]) -> GroupSummary:
     errors = np.array([r.error_for_metrics for r in rows], dtype=np.float64)
     return GroupSummary(
-        matcher=matcher, modalities=modalities, pairs=len(rows), failures=sum(r.status != "ok" for r in rows),
+        matcher=matcher, modalities=modalities, pairs=len(rows), failures=sum(r.status == "failed" for r in rows),
+        flagged=sum(r.status == "flagged" for r in rows),
+        wrong_ok=sum(r.status == "ok" and not r.error_for_metrics <= WRONG_PX for r in rows),
         success_rates=success_rates(errors), median_error_px=median_error(errors), auc=auc(errors),
         mean_time_s=float(np.mean([r.time_s for r in rows])) if rows else math.nan,
         truth_tolerance_px=max((r.truth_tolerance_px for r in rows), default=0.0),
