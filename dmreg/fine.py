@@ -91,6 +91,9 @@ class FineResult:
     tiles: int
     tiles_matched: int
     passes: list[dict]
+    unsettled_px: np.ndarray | None = None
+    """Per check point, how far the last pass moved the answer from the model it read its
+    tiles through, when that model came from an earlier pass (None after one pass)."""
 
 
 def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, overlap: Polygon, initial: Transform,
@@ -141,7 +144,8 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
     finally:
         if told:
             told(None, True)  # no pass follows: whatever the matcher kept for one can go
-    return FineResult(matches, fits, selected, scores, len(tiles), n_matched, passes)
+    unsettled = _apart(read_through, selected.transform, at) if len(passes) > 1 else None
+    return FineResult(matches, fits, selected, scores, len(tiles), n_matched, passes, unsettled)
 
 
 def _tile_size(matcher: Matcher, overlap: Polygon, work_scale: float, options: RegisterOptions) -> int:
@@ -373,6 +377,13 @@ def _read_ahead(reader: TileReader, tiles: list[Grid], queue: deque[int], mappin
         finally:
             for _, _, read in pending:
                 read.cancel()
+
+
+def _apart(a: Transform, b: Transform, at: np.ndarray) -> np.ndarray:
+    """How far apart two models put each point of ``at``."""
+    ax, ay = a.apply(at[:, 0], at[:, 1])
+    bx, by = b.apply(at[:, 0], at[:, 1])
+    return np.hypot(bx - ax, by - ay)
 
 
 def largest_distance(a: Transform, b: Transform, area: Polygon) -> float:

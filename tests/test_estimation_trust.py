@@ -225,6 +225,40 @@ def test_without_max_error_the_default_limit_in_working_pixels_flags(shift_nir, 
     assert out.exists()
 
 
+def test_a_weak_consensus_is_flagged_whatever_its_predicted_error(shift_nir, tmp_path, monkeypatch):
+    """A model whose consensus chance alone could give (NFA above MIN_EVIDENCE_LOG10_NFA,
+    made strict here) is flagged even within --max-error; --max-error inf writes it."""
+    import dmreg.pipeline
+
+    result = estimate(str(shift_nir.ref), str(shift_nir.mov), RegisterOptions())
+    nfa = result.fits[result.selected.kind].consensus.log10_nfa
+    assert dmreg.pipeline.predicted_error_flag(result, RegisterOptions()) is None
+    monkeypatch.setattr(dmreg.pipeline, "MIN_EVIDENCE_LOG10_NFA", nfa - 1)
+    reason = dmreg.pipeline.predicted_error_flag(result, RegisterOptions(max_error_px=5.0))
+    assert reason and reason.startswith("the evidence is weak") and f"10^{nfa:.1f}" in reason
+    assert dmreg.pipeline.predicted_error_flag(result, RegisterOptions(max_error_px=math.inf)) is None
+    out, report = tmp_path / "out.tif", tmp_path / "report.json"
+    flagged = CliRunner().invoke(app, ["register", str(shift_nir.ref), str(shift_nir.mov), "-o", str(out),
+                                       "--report", str(report), "--max-error", "5"])
+    assert flagged.exit_code == 9, flagged.output
+    assert "evidence is weak" in read_json(report)["flag"] and not out.exists()
+    written = CliRunner().invoke(app, ["register", str(shift_nir.ref), str(shift_nir.mov), "-o", str(out),
+                                       "--max-error", "inf"])
+    assert written.exit_code == 0, written.output
+    assert out.exists()
+
+
+def test_a_local_model_is_judged_by_the_consensus_of_its_base(local_case, monkeypatch):
+    import dmreg.pipeline
+
+    ref, mov, _ = local_case
+    result = estimate(str(ref), str(mov), RegisterOptions(model="local"))
+    base = result.selected.transform.base.kind
+    assert result.selected.consensus is None and result.fits[base].consensus is not None
+    monkeypatch.setattr(dmreg.pipeline, "MIN_EVIDENCE_LOG10_NFA", result.fits[base].consensus.log10_nfa - 1)
+    assert f"on the {base} model" in dmreg.pipeline.predicted_error_flag(result, RegisterOptions())
+
+
 def test_batch_flags_pairs_above_max_error(shift_nir, tmp_path):
     incoming = tmp_path / "in"
     incoming.mkdir()

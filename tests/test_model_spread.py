@@ -1,6 +1,8 @@
-"""The predicted error includes how far a more general model that also explains the
-matches puts points from the chosen one: the bootstrap alone cannot see a model too
-simple for the data (its replicates share the bias).
+"""The predicted error includes what the bootstrap alone cannot see: how far a more
+general model that also explains the matches puts points from the chosen one (a model
+too simple for the data: its replicates share the bias), and how far the last
+refinement pass moved the answer (matches that lean toward the model they were read
+through).
 
 The end-to-end case is a band against itself scaled by 1 %, textured only near the
 centre: translation is chosen, and the similarity and affine fitted to the same matches
@@ -49,6 +51,41 @@ def test_the_model_spread_is_added_to_the_bootstrap_in_quadrature():
     assert np.allclose(widened.error_px ** 2, plain.error_px ** 2 + spread ** 2)
     assert widened.ce90_px > plain.ce90_px
     assert widened.model_spread_px == pytest.approx(2.0) and plain.model_spread_px == 0.0
+
+
+def test_the_last_passes_move_is_added_to_the_bootstrap_in_quadrature():
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 500, (300, 2))
+    dst = src + [2.0, -1.0] + rng.normal(0, 0.3, src.shape)
+    tiles = np.repeat(np.arange(10), 30)
+    model = fit("translation", src, dst)
+    at = np.column_stack(check_points(500, 500))
+    spread, moved = np.full(len(at), 0.5), np.linspace(0.0, 1.5, len(at))
+    inliers = np.ones(len(src), bool)
+    plain = bootstrap_uncertainty(model, src, dst, inliers, tiles, at, spread_px=spread)
+    unsettled = bootstrap_uncertainty(model, src, dst, inliers, tiles, at, spread_px=spread, unsettled_px=moved)
+    assert np.allclose(unsettled.error_px ** 2, plain.error_px ** 2 + moved ** 2)
+    assert unsettled.unsettled_px == pytest.approx(1.5) and plain.unsettled_px == 0.0
+    assert unsettled.as_dict()["unsettled_px"] == pytest.approx(1.5)
+
+
+def test_a_refined_answer_is_no_more_certain_than_its_last_move(affine_nir):
+    """Red against NIR (contrast inverted over vegetation) takes a refinement pass, which
+    moves the answer: the predicted error includes that move; one pass adds nothing."""
+    result = estimate(str(affine_nir.ref), str(affine_nir.mov), RegisterOptions())
+    assert len(result.passes) == 2
+    moved = result.uncertainty.unsettled_px
+    assert 0 < moved <= 1.5 * result.passes[-1]["moved_px"]
+    at = np.column_stack(result.georef.apply(*check_points(result.mov.width, result.mov.height)))
+    bootstrap_only = bootstrap_uncertainty(result.selected.transform, result.matches.pred_px, result.matches.ref_px,
+                                           result.selected.inliers, result.matches.tile, at)
+    assert result.uncertainty.ce90_px > bootstrap_only.ce90_px
+    assert result.uncertainty.error_px.max() >= moved
+
+
+def test_one_pass_adds_no_move(shift_nir):
+    result = estimate(str(shift_nir.ref), str(shift_nir.mov), RegisterOptions())
+    assert len(result.passes) == 1 and result.uncertainty.unsettled_px == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,11 @@ The bootstrap cannot see a model too simple for the data: a translation fitted t
 scaled pair is biased, and its replicates agree on the bias. So where a more general
 model that also explains the matches (:data:`GENERALISATIONS`) puts a point elsewhere,
 by more than its own estimation error explains, that disagreement is added too
-(:func:`model_spread`).
+(:func:`model_spread`). Nor can it see matches that lean toward the model they were read
+through: a learned matcher's sub-pixel refinement recovers only part of an offset, and
+wrong matches drift with the reading. So when a refinement pass moved the answer, that
+move is added as well (``unsettled_px``): an answer that moved by a pixel when measured
+again is not known to better than a pixel.
 """
 
 from __future__ import annotations
@@ -52,10 +56,12 @@ class Uncertainty:
     replicates: int
     blocks: int
     model_spread_px: float = 0.0  # the largest disagreement of a more general model added in
+    unsettled_px: float = 0.0  # the largest move of the last refinement pass added in
 
     def as_dict(self) -> dict:
         return {"method": "block bootstrap", "replicates": self.replicates, "blocks": self.blocks,
                 "model_spread_px": finite_or_none(self.model_spread_px),
+                "unsettled_px": finite_or_none(self.unsettled_px),
                 "predicted_ce90_px": finite_or_none(self.ce90_px),
                 "check_grid_error_px": [finite_or_none(e) for e in self.error_px]}
 
@@ -80,10 +86,12 @@ def model_spread(model: PointTransform, alternatives: Iterable[tuple[PointTransf
 
 def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarray, inliers: np.ndarray,
                           tiles: np.ndarray, at: np.ndarray, replicates: int = REPLICATES,
-                          seed: int = 0, spread_px: np.ndarray | None = None) -> Uncertainty:
+                          seed: int = 0, spread_px: np.ndarray | None = None,
+                          unsettled_px: np.ndarray | None = None) -> Uncertainty:
     """Expected error of ``model`` at the points ``at`` (N x 2, in ``src`` coordinates):
-    the spread of the refitted replicates around their mean, and ``spread_px`` per
-    point (:func:`model_spread`) in quadrature.
+    the spread of the refitted replicates around their mean, and ``spread_px``
+    (:func:`model_spread`) and ``unsettled_px`` (the last refinement pass's move) per
+    point in quadrature.
 
     With fewer than three blocks there is nothing to resample: the error is unknown
     (infinite), which callers must treat as "not shown to be accurate".
@@ -111,11 +119,12 @@ def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarra
     dev = np.where(np.isfinite(dev), dev, math.inf)
     local_sd = model.std_at(at[:, 0], at[:, 1]) if local else np.zeros(len(at))
     spread = np.zeros(len(at)) if spread_px is None else spread_px
-    added = local_sd ** 2 + spread ** 2
+    unsettled = np.zeros(len(at)) if unsettled_px is None else unsettled_px
+    added = local_sd ** 2 + spread ** 2 + unsettled ** 2
     error = np.sqrt(np.mean(dev ** 2, axis=0) + added)
     pooled = np.sqrt(dev ** 2 + added)
     return Uncertainty(error, float(np.quantile(pooled, 0.9)), len(predictions), n_blocks,
-                       float(spread.max()) if len(spread) else 0.0)
+                       float(spread.max()) if len(spread) else 0.0, float(unsettled.max()) if len(unsettled) else 0.0)
 
 
 def _refits(model: PointTransform, kind: str, s: np.ndarray, d: np.ndarray, members: list[np.ndarray],
