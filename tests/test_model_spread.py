@@ -37,14 +37,17 @@ def test_model_spread_counts_only_disagreement_beyond_the_alternatives_own_error
     assert np.allclose(within_its_noise, 0.0) and np.allclose(unknown, 0.0)
 
 
-def test_the_model_spread_is_added_to_the_bootstrap_in_quadrature():
-    rng = np.random.default_rng(0)
+def shifted_matches(seed: int) -> tuple:
+    """300 noisy matches of a shift in 10 tiles, their translation and check points."""
+    rng = np.random.default_rng(seed)
     src = rng.uniform(0, 500, (300, 2))
     dst = src + [2.0, -1.0] + rng.normal(0, 0.3, src.shape)
-    tiles = np.repeat(np.arange(10), 30)
+    return src, dst, np.ones(len(src), bool), np.repeat(np.arange(10), 30), np.column_stack(check_points(500, 500))
+
+
+def test_the_model_spread_is_added_to_the_bootstrap_in_quadrature():
+    src, dst, inliers, tiles, at = shifted_matches(0)
     model = fit("translation", src, dst)
-    inliers = np.ones(len(src), bool)
-    at = np.column_stack(check_points(500, 500))
     spread = np.linspace(0.0, 2.0, len(at))
     plain = bootstrap_uncertainty(model, src, dst, inliers, tiles, at)
     widened = bootstrap_uncertainty(model, src, dst, inliers, tiles, at, spread_px=spread)
@@ -54,14 +57,9 @@ def test_the_model_spread_is_added_to_the_bootstrap_in_quadrature():
 
 
 def test_the_last_passes_move_is_added_to_the_bootstrap_in_quadrature():
-    rng = np.random.default_rng(1)
-    src = rng.uniform(0, 500, (300, 2))
-    dst = src + [2.0, -1.0] + rng.normal(0, 0.3, src.shape)
-    tiles = np.repeat(np.arange(10), 30)
+    src, dst, inliers, tiles, at = shifted_matches(1)
     model = fit("translation", src, dst)
-    at = np.column_stack(check_points(500, 500))
     spread, moved = np.full(len(at), 0.5), np.linspace(0.0, 1.5, len(at))
-    inliers = np.ones(len(src), bool)
     plain = bootstrap_uncertainty(model, src, dst, inliers, tiles, at, spread_px=spread)
     unsettled = bootstrap_uncertainty(model, src, dst, inliers, tiles, at, spread_px=spread, unsettled_px=moved)
     assert np.allclose(unsettled.error_px ** 2, plain.error_px ** 2 + moved ** 2)
