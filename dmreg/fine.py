@@ -388,10 +388,7 @@ def _apart(a: Transform, b: Transform, at: np.ndarray) -> np.ndarray:
 
 def largest_distance(a: Transform, b: Transform, area: Polygon) -> float:
     """How far apart two models put points of ``area``, at most."""
-    pts = points_inside(area)
-    ax, ay = a.apply(pts[:, 0], pts[:, 1])
-    bx, by = b.apply(pts[:, 0], pts[:, 1])
-    return float(np.max(np.hypot(bx - ax, by - ay)))
+    return float(np.max(_apart(a, b, points_inside(area))))
 
 
 def fit_models(matches: Correspondences, overlap: Polygon, threshold: float, search_radius: float,
