@@ -29,8 +29,8 @@ Which scenes are held out comes from :mod:`dmreg.train.split` (never decided her
 | Landsat 7 `L7_ETMs` (examples/data) | red vs NIR, SWIR1, SWIR2, blue | 0 (one provider grid) |
 | TerraMind validation sites | S2 L2A red vs S1 RTC VV (sar), DEM, land cover (map) | 2.5 for S1 and DEM, 0 for land cover |
 | BigEarthNet validation acquisitions | S2 red vs S1 VV (sar), S2 red vs NIR | 2.5 for S1, 0 for NIR |
-| TNO validation pairs | visible (optical) vs thermal, band 1 | 0 (pixel-aligned) |
-| RoadScene (validation only) | a seeded sample of 20 visible vs thermal | 0 (pixel-aligned) |
+| TNO validation pairs | visible (optical) vs thermal, band 1 | 3 (two cameras: see ``VIS_THERMAL_TOLERANCE_PX``) |
+| RoadScene (validation only) | a seeded sample of 20 visible vs thermal | 3 (likewise) |
 | QGIS Swellendam (validation only) | 600 px crops of aerial RGB vs rendered roads and buildings | 0 (same grid) |
 
 ``truth_tolerance_px`` is how far the source pair itself may be misaligned (Sentinel-1
@@ -302,12 +302,21 @@ def _ben_pairs(scene: str, red: np.ndarray, nir: np.ndarray, vv: np.ndarray, red
                      {"reference": red_origin, "moving": nir_origin, "licence": licence})
 
 
+VIS_THERMAL_TOLERANCE_PX = 3.0
+"""TNO and RoadScene call their visible/thermal pairs pixel-aligned, but two cameras see
+scenes with depth, so no one mapping aligns them exactly. Measured on the 18 validation
+pairs both matchers registered: on the 7 where the structural matcher and DistillMatch
+agreed within 1 px (mean over the check grid; TNO 18 within 0.08 px), both were 1.4-4.2 px
+(median 1.7) from the truth, up to 8.7 px at the corners."""
+
+
 def _tno(root: Path) -> Iterator[SourcePair]:
     template, licence = ORIGINS["tno"]
     for pair in TNO_VALIDATION_PAIRS:
         assert is_validation("tno", pair)
         yield SourcePair("tno", pair, "vis_thermal", "optical-thermal", f"tno/{pair}/vis.tif",
-                         _read(root / "vi" / f"{pair}.png", 1), _read(root / "ir" / f"{pair}.png", 1), 0.0,
+                         _read(root / "vi" / f"{pair}.png", 1), _read(root / "ir" / f"{pair}.png", 1),
+                         VIS_THERMAL_TOLERANCE_PX,
                          {"reference": template.format(kind="vi", pair=pair) + ", band 1",
                           "moving": template.format(kind="ir", pair=pair) + ", band 1", "licence": licence})
 
@@ -322,7 +331,8 @@ def _roadscene(root: Path) -> Iterator[SourcePair]:
     for image in chosen:
         scene = Path(image).stem
         yield SourcePair("roadscene", scene, "vis_thermal", "optical-thermal", f"roadscene/{scene}/vis.tif",
-                         _grey(root / "crop_LR_visible" / image), _grey(root / "cropinfrared" / image), 0.0,
+                         _grey(root / "crop_LR_visible" / image), _grey(root / "cropinfrared" / image),
+                         VIS_THERMAL_TOLERANCE_PX,
                          {"reference": template.format(folder="crop_LR_visible", image=image) + ", luminance",
                           "moving": template.format(folder="cropinfrared", image=image) + ", luminance",
                           "licence": licence})
