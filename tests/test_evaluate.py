@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dmreg.errors import InputError, UsageError
-from dmreg.evaluate import (EvalPair, MatcherSpec, auc, load_manifest, median_error, parse_matchers, select_pairs,
-                            success_rate, success_rates)
+from dmreg.evaluate import (WRONG_PX, EvalPair, MatcherSpec, PairResult, auc, load_manifest, median_error,
+                            parse_matchers, select_pairs, success_rate, success_rates, summarise)
 from dmreg.train.validation_pairs import WARPS, random_similarity, warp_moving
 from dmreg_cli.main import app
 from helpers import normalised, read_json, write_raster
@@ -260,6 +260,18 @@ def test_evaluate_compares_matchers_and_measures_error_against_the_truth(pair_di
     # the JSON output is not replaced without --overwrite
     again = CliRunner().invoke(app, ["evaluate", str(pair_dir), "--json", str(out), "--limit", "1"])
     assert again.exit_code == 6, again.output
+
+
+def test_a_wrong_answer_is_one_beyond_what_its_truth_can_tell():
+    """An ok pair counts as wrong when it is more than WRONG_PX off beyond its truth's
+    tolerance; flagged and failed pairs never do."""
+    rows = [PairResult("a", "m", "x", "ok", error_px=4.0), PairResult("b", "m", "x", "ok", error_px=4.0,
+                                                                    truth_tolerance_px=2.5),
+            PairResult("c", "m", "x", "ok", error_px=6.0, truth_tolerance_px=2.5),
+            PairResult("d", "m", "x", "flagged", error_px=30.0), PairResult("e", "m", "x", "failed")]
+    total = summarise(rows)[-1]
+    assert (total.wrong_ok, total.flagged, total.failures) == (2, 1, 1)
+    assert WRONG_PX == 3.0
 
 
 def test_evaluate_scores_a_flagged_estimate_as_register_delivers_it(pair_dir, tmp_path):

@@ -37,8 +37,10 @@ SCHEMA = "dmreg.evaluate/1"
 ALL = "all"
 """The modalities label of the summary row over every pair of a matcher."""
 WRONG_PX = 3.0
-"""An "ok" pair further off than this (SR@3's threshold) is counted as a wrong answer
-reported as good: the defect the predicted-error flag exists to prevent."""
+"""An "ok" pair further off than this (SR@3's threshold) beyond how exact its truth is
+(``truth_tolerance_px``) is counted as a wrong answer reported as good: the defect the
+predicted-error flag exists to prevent. Within the truth's own slop an answer cannot be
+shown wrong."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class GroupSummary:
     pairs: int
     failures: int
     flagged: int                       # estimated, but flagged: no raster (counted as failed in the rates)
-    wrong_ok: int                      # reported ok yet more than WRONG_PX off
+    wrong_ok: int                      # reported ok yet more than WRONG_PX beyond the truth's tolerance
     success_rates: dict[float, float]  # threshold px -> fraction of pairs with error <= threshold
     median_error_px: float
     auc: float                         # mean success rate over thresholds 0..AUC_MAX_PX
@@ -232,7 +234,7 @@ def summarise_group(matcher: str, modalities: str, rows: list[PairResult]) -> Gr
     return GroupSummary(
         matcher=matcher, modalities=modalities, pairs=len(rows), failures=sum(r.status == "failed" for r in rows),
         flagged=sum(r.status == "flagged" for r in rows),
-        wrong_ok=sum(r.status == "ok" and not r.error_for_metrics <= WRONG_PX for r in rows),
+        wrong_ok=sum(r.status == "ok" and not r.error_for_metrics <= WRONG_PX + r.truth_tolerance_px for r in rows),
         success_rates=success_rates(errors), median_error_px=median_error(errors), auc=auc(errors),
         mean_time_s=float(np.mean([r.time_s for r in rows])) if rows else math.nan,
         truth_tolerance_px=max((r.truth_tolerance_px for r in rows), default=0.0),
