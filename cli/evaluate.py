@@ -70,7 +70,7 @@ def evaluate_command(
 ) -> None:
     """Register every pair of PAIRS with each matcher, as `dmreg register` would, and measure the error against the truth.
 
-    Prints per matcher and modality pair the success rate at 1, 3, 5 and 10 px, the median error, the AUC of the error curve up to 10 px, the mean time per pair, the failures, the pairs flagged by --max-error or its default (register would write no raster: they count as failed, their error is still in the JSON) and the wrong answers reported as good (ok, yet more than 3 px off beyond how exact the truth is). A pair that fails to register counts as an infinite error. --ref-band/--mov-band apply to pairs whose manifest entry names no band.
+    Prints per matcher and modality pair the success rate at 1, 3, 5 and 10 px, the median error, the AUC of the error curve up to 10 px, the mean time per pair, the failures, the pairs register would flag (--max-error or its default, or a weak consensus; no raster is written: they count as failed, their error is still in the JSON) and the wrong answers reported as good (ok, yet more than 3 px off beyond how exact the truth is). A pair that fails to register counts as an infinite error. --ref-band/--mov-band apply to pairs whose manifest entry names no band.
 
     Exit codes: 0 evaluated (whatever the accuracy), 2 usage or malformed manifest, 3 manifest or image missing, 6 --json output exists (use --overwrite).
     """
@@ -117,8 +117,9 @@ def summary_table(evaluation: Evaluation) -> Table:
     more than WRONG_PX off beyond the truth's tolerance, and how exact the truth of the
     group's pairs is ("±truth", e.g. Sentinel-1 against Sentinel-2)."""
     n = len({r.name for r in evaluation.rows})
-    table = Table(title=f"dmreg evaluate: {n} pair(s); error in px, failed and flagged pairs count as infinite, "
-                  f"AUC up to {AUC_MAX_PX:g} px; wrong: ok yet over {WRONG_PX:g} px off beyond ±truth", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
+    title = (f"dmreg evaluate: {n} pair(s); error in px, failed and flagged pairs count as infinite, AUC up to "
+             f"{AUC_MAX_PX:g} px; wrong: ok yet over {WRONG_PX:g} px off beyond ±truth")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
     table.add_column("matcher / modalities", overflow="fold", min_width=12)
     numeric = ["n", *(f"SR@{t:g}" for t in SUCCESS_THRESHOLDS_PX), "median", "AUC", "s", "fail", "flag", "wrong", "±truth"]
     for name in numeric:

@@ -12,8 +12,7 @@ device=${DEVICE:-cuda}
 venv=${VENV:-/tmp/dmreg-device-venv}
 python3 -m venv --system-site-packages "$venv"
 . "$venv/bin/activate"
-pip install --quiet --no-index --find-links .device/wheels rasterio affine attrs certifi click click-plugins cligj \
-    pyparsing shapely typer shellingham rich markdown-it-py mdurl Pygments threadpoolctl safetensors annotated-doc
+pip install --quiet --no-index --find-links .device/wheels -r benchmarks/device/requirements.txt
 pip install --quiet --no-index --no-deps --no-build-isolation -e .
 { nvidia-smi || true; python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     || true; } > "$out/device.txt" 2>&1
