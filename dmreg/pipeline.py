@@ -20,6 +20,7 @@ from shapely.geometry import Polygon
 
 from dmreg.coarse import IDENTITY, SEARCH_SPREAD, TileReader, coarse_alignment, default_max_offset, search_orientation
 from dmreg.errors import DmregError, FlaggedError, OutputExistsError, RegistrationError
+from dmreg.estimate.blocks import MIN_BLOCKS
 from dmreg.estimate.models import Transform
 from dmreg.estimate.robust import ModelFit
 from dmreg.estimate.uncertainty import GENERALISATIONS, bootstrap_uncertainty, model_spread
@@ -99,7 +100,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         uncertainty = bootstrap_uncertainty(selected.transform, matches.pred_px, matches.ref_px, selected.inliers,
                                             matches.tile, at, seed=options.seed,
                                             spread_px=model_spread(selected.transform, general, at),
-                                            unsettled_px=fine.unsettled_px)
+                                            unsettled_px=fine.unsettled_px, area_span=_extent(overlap))
         timings["uncertainty"] = time.perf_counter() - t
         if uncertainty.model_spread_px > work_scale:
             warnings.append(_underdetermined(selected.kind, uncertainty.model_spread_px))
@@ -219,8 +220,21 @@ def predicted_error_flag(result: RegistrationResult, options: RegisterOptions) -
     predicted = result.uncertainty.ce90_px if result.uncertainty else math.inf
     if predicted <= limit:
         return None
-    shown = f"{predicted:.2f} px" if math.isfinite(predicted) else "unknown (too few independent blocks of matches)"
-    return f"predicted error (CE90) {shown} exceeds {named}"
+    if not math.isfinite(predicted):
+        return f"the predicted error is unknown: {_why_unknown(result)}; --max-error inf writes it anyway"
+    return f"predicted error (CE90) {predicted:.2f} px exceeds {named}"
+
+
+def _why_unknown(result: RegistrationResult) -> str:
+    """Why the bootstrap could not measure the predicted error."""
+    blocks = result.uncertainty.blocks if result.uncertainty else 0
+    if blocks >= MIN_BLOCKS:
+        return f"most resamples of its {blocks} blocks of matches could not be fitted (the fit hangs on a few)"
+    inliers = result.matches.pred_px[result.selected.inliers]
+    width, height = np.ptp(inliers, axis=0) if len(inliers) else (0.0, 0.0)
+    return (f"the model's {len(inliers)} inliers fall into {blocks} independent block(s) of matches, fewer than the "
+            f"{MIN_BLOCKS} a bootstrap needs (they span {width:.0f} x {height:.0f} px; a block is a matched tile, or "
+            "at least a quarter of the overlap along each axis)")
 
 
 def _weak_evidence(result: RegistrationResult) -> str | None:
@@ -245,6 +259,12 @@ def _check_predicted_error(result: RegistrationResult, options: RegisterOptions,
         report = {**build_report(result, ref_path, mov_path, status="flagged", flag=reason), **outputs.report_extra}
         write_text(outputs.report, to_json(report), outputs.overwrite)
     raise FlaggedError(reason, result)
+
+
+def _extent(area: Polygon) -> np.ndarray:
+    """Width and height of ``area``'s bounds."""
+    x0, y0, x1, y1 = area.bounds
+    return np.array([x1 - x0, y1 - y0])
 
 
 def _info_or_none(path: str, band: int) -> RasterInfo | None:

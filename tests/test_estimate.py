@@ -321,6 +321,20 @@ def test_blocks_are_tiles_when_many_tiles_matched_else_cells():
     assert 9 <= len(np.unique(one_tile)) <= 16
 
 
+def test_matches_crowded_into_a_corner_of_the_area_are_one_block():
+    """Blocks are cut no finer than a quarter of the area served: 60 agreeing matches
+    within 60 x 100 px of a 1000 x 800 px overlap are one piece of evidence, not the
+    four cells their own bounding box would give."""
+    rng = np.random.default_rng(3)
+    corner = np.column_stack([rng.uniform(270, 330, 60), rng.uniform(230, 330, 60)])
+    alone = np.zeros(60, int)
+    assert len(np.unique(spatial_blocks(corner, alone))) >= 3
+    assert len(np.unique(spatial_blocks(corner, alone, np.array([W, H])))) == 1
+    spread = points(200, seed=9)
+    assert np.array_equal(spatial_blocks(spread, np.zeros(200, int), np.array([W, H])),
+                          spatial_blocks(spread, np.zeros(200, int)))
+
+
 def test_choose_keeps_the_simplest_when_no_candidate_could_be_cross_validated():
     """Every candidate failed to fit without some block: nothing showed more is needed."""
     losses = {"translation": np.array([np.inf, 1.0, 2.0]), "affine": np.array([1.0, np.inf, 1.0])}

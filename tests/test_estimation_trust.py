@@ -248,6 +248,38 @@ def test_a_weak_consensus_is_flagged_whatever_its_predicted_error(shift_nir, tmp
     assert out.exists()
 
 
+@pytest.fixture(scope="module")
+def central_patch(l7, tmp_path_factory) -> tuple[Path, Path]:
+    """The red band against itself shifted by (2.3, -1.7) px, textured only within 50 px
+    of the centre: every match lies in a 100 px patch of the 349 x 352 px overlap."""
+    red = l7["bands"]["red"].astype(np.float32)
+    h, w = red.shape
+    xs, ys = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    moving = cv2.remap(red, (xs - 0.5 + 2.3).astype(np.float32), (ys - 0.5 - 1.7).astype(np.float32),
+                       cv2.INTER_CUBIC)
+    patch = (np.abs(xs - w / 2) < 50) & (np.abs(ys - h / 2) < 50)
+    moving = np.clip(np.where(patch, moving, np.median(moving)), 1, 255).astype(np.uint8)
+    folder = tmp_path_factory.mktemp("patch")
+    ref = write_raster(folder / "ref.tif", l7["bands"]["red"], crs=l7["crs"], transform=l7["transform"])
+    return ref, write_raster(folder / "mov.tif", moving, crs=l7["crs"], transform=l7["transform"])
+
+
+def test_inliers_from_a_small_patch_of_the_overlap_are_flagged_as_unknown(central_patch, tmp_path):
+    """Matches within 100 px of a 350 px overlap are one block of evidence, whatever the
+    cells of their own bounding box say: the error is unknown, the result flagged with
+    where the inliers lie, and --max-error inf writes it."""
+    ref, mov = central_patch
+    out, report = tmp_path / "out.tif", tmp_path / "report.json"
+    flagged = CliRunner().invoke(app, ["register", str(ref), str(mov), "-o", str(out), "--report", str(report)])
+    assert flagged.exit_code == 9, flagged.output
+    flag = read_json(report)["flag"]
+    assert flag.startswith("the predicted error is unknown") and "1 independent block(s)" in flag, flag
+    assert read_json(report)["uncertainty"]["blocks"] == 1 and not out.exists()
+    written = CliRunner().invoke(app, ["register", str(ref), str(mov), "-o", str(out), "--max-error", "inf"])
+    assert written.exit_code == 0, written.output
+    assert out.exists()
+
+
 def test_a_local_model_is_judged_by_the_consensus_of_its_base(local_case, monkeypatch):
     import dmreg.pipeline
 

@@ -124,3 +124,19 @@ def test_an_accurate_pair_keeps_a_small_spread_and_no_warning(shift_nir):
     result = estimate(str(shift_nir.ref), str(shift_nir.mov), RegisterOptions())
     assert result.uncertainty.model_spread_px < 0.5
     assert not any("more general model" in w for w in result.warnings)
+
+
+def test_inliers_crowded_into_a_small_part_of_the_area_leave_the_error_unknown():
+    """300 agreeing matches within 60 x 100 px of a 500 x 500 px area: resampled by the
+    cells of their own bounding box they look precise; as the one block they are, the
+    error is unknown. What else the error holds is still reported."""
+    rng = np.random.default_rng(2)
+    src = rng.uniform([200, 150], [260, 250], (300, 2))
+    dst = src + [2.0, -1.0] + rng.normal(0, 0.3, src.shape)
+    inliers, tiles, at = np.ones(len(src), bool), np.zeros(len(src), int), np.column_stack(check_points(500, 500))
+    model = fit("translation", src, dst)
+    crowded = bootstrap_uncertainty(model, src, dst, inliers, tiles, at)
+    assert np.isfinite(crowded.ce90_px) and crowded.blocks >= 3
+    whole = bootstrap_uncertainty(model, src, dst, inliers, tiles, at, spread_px=np.full(len(at), 0.3),
+                                  area_span=np.array([500.0, 500.0]))
+    assert whole.blocks == 1 and whole.ce90_px == np.inf and whole.model_spread_px == pytest.approx(0.3)

@@ -87,22 +87,27 @@ def model_spread(model: PointTransform, alternatives: Iterable[tuple[PointTransf
 def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarray, inliers: np.ndarray,
                           tiles: np.ndarray, at: np.ndarray, replicates: int = REPLICATES,
                           seed: int = 0, spread_px: np.ndarray | None = None,
-                          unsettled_px: np.ndarray | None = None) -> Uncertainty:
+                          unsettled_px: np.ndarray | None = None, area_span: np.ndarray | None = None) -> Uncertainty:
     """Expected error of ``model`` at the points ``at`` (N x 2, in ``src`` coordinates):
     the spread of the refitted replicates around their mean, and ``spread_px``
     (:func:`model_spread`) and ``unsettled_px`` (the last refinement pass's move) per
-    point in quadrature.
+    point in quadrature. ``area_span`` (x, y), the extent of the area the answer serves,
+    keeps blocks no smaller than a quarter of it (:func:`spatial_blocks`), so inliers
+    that crowd into a small part of that area count as the one piece of evidence they are.
 
     With fewer than three blocks there is nothing to resample: the error is unknown
     (infinite), which callers must treat as "not shown to be accurate".
     """
     local = model.kind == "local"
     kind = model.base.kind if local else model.kind
+    spread = np.zeros(len(at)) if spread_px is None else spread_px
+    unsettled = np.zeros(len(at)) if unsettled_px is None else unsettled_px
+    largest = (float(spread.max()) if len(spread) else 0.0, float(unsettled.max()) if len(unsettled) else 0.0)
     s, d = src[inliers], dst[inliers]
-    blocks = spatial_blocks(s, tiles[inliers]) if len(s) else np.zeros(0, int)
+    blocks = spatial_blocks(s, tiles[inliers], area_span) if len(s) else np.zeros(0, int)
     n_blocks = int(blocks.max()) + 1 if len(blocks) else 0
     if n_blocks < MIN_BLOCKS:
-        return Uncertainty(np.full(len(at), math.inf), math.inf, 0, n_blocks)
+        return Uncertainty(np.full(len(at), math.inf), math.inf, 0, n_blocks, *largest)
     members = [np.flatnonzero(blocks == b) for b in range(n_blocks)]
     sizes = np.array([len(m) for m in members])
     wanted = LOCAL_REPLICATES if local else replicates
@@ -113,18 +118,15 @@ def bootstrap_uncertainty(model: PointTransform, src: np.ndarray, dst: np.ndarra
     if predictions is None:
         predictions = _refits(model, kind, s, d, members, draws, at)
     if len(predictions) < wanted // 2:  # most resamples degenerate: the fit hangs on a few blocks
-        return Uncertainty(np.full(len(at), math.inf), math.inf, len(predictions), n_blocks)
+        return Uncertainty(np.full(len(at), math.inf), math.inf, len(predictions), n_blocks, *largest)
     p = np.array(predictions)
     dev = np.hypot(*np.moveaxis(p - p.mean(axis=0), -1, 0))
     dev = np.where(np.isfinite(dev), dev, math.inf)
     local_sd = model.std_at(at[:, 0], at[:, 1]) if local else np.zeros(len(at))
-    spread = np.zeros(len(at)) if spread_px is None else spread_px
-    unsettled = np.zeros(len(at)) if unsettled_px is None else unsettled_px
     added = local_sd ** 2 + spread ** 2 + unsettled ** 2
     error = np.sqrt(np.mean(dev ** 2, axis=0) + added)
     pooled = np.sqrt(dev ** 2 + added)
-    return Uncertainty(error, float(np.quantile(pooled, 0.9)), len(predictions), n_blocks,
-                       float(spread.max()) if len(spread) else 0.0, float(unsettled.max()) if len(unsettled) else 0.0)
+    return Uncertainty(error, float(np.quantile(pooled, 0.9)), len(predictions), n_blocks, *largest)
 
 
 def _refits(model: PointTransform, kind: str, s: np.ndarray, d: np.ndarray, members: list[np.ndarray],
