@@ -202,9 +202,9 @@ The threshold sits inside that gap."""
 
 def predicted_error_flag(result: RegistrationResult, options: RegisterOptions) -> str | None:
     """Why the estimate must be flagged rather than written as good, or None: its
-    model's consensus is weak (``MIN_EVIDENCE_LOG10_NFA``) or its predicted error
-    exceeds ``--max-error`` (by default ``DEFAULT_MAX_ERROR_WORKING_PX`` working pixels);
-    ``--max-error inf`` flags nothing. `dmreg evaluate` asks the same, so it scores
+    model's consensus is weak (``MIN_EVIDENCE_LOG10_NFA``), or its predicted error is
+    unknown or exceeds ``--max-error`` (by default ``DEFAULT_MAX_ERROR_WORKING_PX``
+    working pixels); ``--max-error inf`` flags nothing. `dmreg evaluate` asks the same, so it scores
     what register delivers."""
     if options.max_error_px == math.inf:
         return None
