@@ -34,6 +34,7 @@ from dmreg.estimate.models import KINDS, Transform
 from dmreg.estimate.robust import ModelFit, fit_all, summarise_fit
 from dmreg.estimate.selection import CVScore, choose_model
 from dmreg.estimate.uncertainty import bootstrap_uncertainty
+from dmreg.geometry.footprint import extent
 from dmreg.geometry.mapping import CHECK_GRID_SIZE, CorrectedMapping, GeorefMapping
 from dmreg.geometry.tiling import Grid, plan_tiles, spread_order
 from dmreg.matchers import Matcher, TilePair
@@ -119,7 +120,8 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
             final = refinement == options.refinements
             budget = TileBudget(_budget_kind(options, passes, coarse), threshold, radius, options, at,
                                 options.target_error_px * work_scale, final, timings,
-                                None if final else _Promotion(initial, overlap, tolerance, reread_within))
+                                None if final else _Promotion(initial, overlap, tolerance, reread_within),
+                                area_span=extent(overlap))
             if told:  # tile pixels: how far the model this pass reads through moved from the last one's
                 told(None if moved is None else moved / work_scale, final)
             matches, n_matched, read_through = _match_tiles(reader, matcher, georef, initial, tiles, order,
@@ -212,8 +214,9 @@ class TileBudget:
 
     def __init__(self, kind: str, threshold: float, search_radius: float, options: RegisterOptions,
                  at: np.ndarray, target_px: float, final: bool, timings: dict[str, float],
-                 promotion: _Promotion | None = None):
+                 promotion: _Promotion | None = None, area_span: np.ndarray | None = None):
         self.threshold, self.search_radius, self.options, self.at = threshold, search_radius, options, at
+        self.area_span = area_span  # blocks as the reported error will cut them: a cluster is not yet enough
         self.final_target_px, self.timings, self.kind, self.promotion = target_px, timings, kind, promotion
         self.final = final
         self.target_px = target_px if final else target_px * FIRST_PASS_SLACK
@@ -252,7 +255,8 @@ class TileBudget:
             if (not self.final and self._promoted(fitted.transform)) or promotion_only:
                 return False
             self.ce90_px = bootstrap_uncertainty(fitted.transform, matches.pred_px, matches.ref_px,
-                                                 fitted.inliers, matches.tile, self.at, seed=self.options.seed).ce90_px
+                                                 fitted.inliers, matches.tile, self.at, seed=self.options.seed,
+                                                 area_span=self.area_span).ce90_px
         finally:
             self.timings["fit"] += time.perf_counter() - t
         log.debug("%d tiles read: %s model, predicted CE90 %.4f px (target %.4f)", self.tiles_read, self.kind,

@@ -25,7 +25,7 @@ from dmreg.estimate.models import Transform
 from dmreg.estimate.robust import ModelFit
 from dmreg.estimate.uncertainty import GENERALISATIONS, bootstrap_uncertainty, model_spread
 from dmreg.fine import ProgressFn, fine_passes, largest_distance
-from dmreg.geometry.footprint import overlap_in_reference
+from dmreg.geometry.footprint import extent, overlap_in_reference
 from dmreg.geometry.mapping import GeorefMapping, check_points
 from dmreg.geometry.tiling import grid_over
 from dmreg.io.raster import RasterInfo, check_readable, describe, gdal_env, open_raster
@@ -100,7 +100,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         uncertainty = bootstrap_uncertainty(selected.transform, matches.pred_px, matches.ref_px, selected.inliers,
                                             matches.tile, at, seed=options.seed,
                                             spread_px=model_spread(selected.transform, general, at),
-                                            unsettled_px=fine.unsettled_px, area_span=_extent(overlap))
+                                            unsettled_px=fine.unsettled_px, area_span=extent(overlap))
         timings["uncertainty"] = time.perf_counter() - t
         if uncertainty.model_spread_px > work_scale:
             warnings.append(_underdetermined(selected.kind, uncertainty.model_spread_px))
@@ -259,12 +259,6 @@ def _check_predicted_error(result: RegistrationResult, options: RegisterOptions,
         report = {**build_report(result, ref_path, mov_path, status="flagged", flag=reason), **outputs.report_extra}
         write_text(outputs.report, to_json(report), outputs.overwrite)
     raise FlaggedError(reason, result)
-
-
-def _extent(area: Polygon) -> np.ndarray:
-    """Width and height of ``area``'s bounds."""
-    x0, y0, x1, y1 = area.bounds
-    return np.array([x1 - x0, y1 - y0])
 
 
 def _info_or_none(path: str, band: int) -> RasterInfo | None:

@@ -186,3 +186,26 @@ def test_a_first_pass_whose_model_moved_a_little_reads_on_through_it(large_pair,
     assert len(refined.passes) == 2 and not refined.passes[0]["promoted"], refined.passes
     assert len(reads) > only["tiles_read"]
     assert _error(reread) <= _error(refined) + 0.01
+
+
+def test_a_pass_whose_inliers_crowd_into_one_corner_reads_on():
+    """The budget cuts blocks as the reported error will: 300 precise matches of a shift
+    within 60 x 100 px of a 1000 px overlap, from four tiles, are not yet enough, while
+    cells of their own bounding box would have stopped the pass."""
+    from dmreg.fine import TileBudget
+    from dmreg.geometry.mapping import check_points
+    from dmreg.result import Correspondences
+
+    rng = np.random.default_rng(4)
+    pred = rng.uniform([200, 150], [260, 250], (300, 2))
+    ref = pred + [2.0, -1.0] + rng.normal(0, 0.05, pred.shape)
+    matches = Correspondences(pred, pred, ref, np.ones(300), np.repeat(np.arange(4), 75))
+    at = np.column_stack(check_points(1000, 1000))
+
+    def budget(area_span):
+        return TileBudget("translation", 1.0, 10.0, RegisterOptions(), at, 0.5, True, {"fit": 0.0},
+                          area_span=area_span)
+
+    assert budget(None).enough(matches)
+    crowded = budget(np.array([1000.0, 1000.0]))
+    assert not crowded.enough(matches) and crowded.ce90_px == np.inf

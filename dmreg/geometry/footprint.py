@@ -36,3 +36,9 @@ def overlap_in_reference(
             f"{MIN_OVERLAP_PX}x{MIN_OVERLAP_PX} reference pixels); check that they cover the same area"
         )
     return overlap
+
+
+def extent(area: Polygon) -> np.ndarray:
+    """Width and height of ``area``'s bounds."""
+    x0, y0, x1, y1 = area.bounds
+    return np.array([x1 - x0, y1 - y0])
