@@ -70,8 +70,8 @@ def register_command(
     Exit codes: 0 ok, 2 usage, 3 input unreadable/invalid, 4 no overlap,
     5 registration failed (too few matches, or no model that random matches could not
     explain), 6 output exists (use --overwrite), 9 flagged: predicted error above
-    --max-error, by default 2 working pixels, or a weak consensus (the report is written,
-    the raster is not),
+    --max-error, by default 2 working pixels, or unknown (inliers in fewer than 3
+    independent blocks), or a weak consensus (the report is written, the raster is not),
     10 an output could not be written
     (disk full, file size limit; no partial file is left).
     """

@@ -38,8 +38,8 @@ class RegistrationError(DmregError, RuntimeError):
 
 
 class FlaggedError(RegistrationError):
-    """A mapping was estimated but its predicted error exceeds ``--max-error`` (or its default):
-    nothing is written as if it were good. ``result`` holds the estimate for inspection."""
+    """A mapping was estimated but its predicted error exceeds ``--max-error`` (or its default),
+    is unknown, or rests on a weak consensus: nothing is written as if it were good. ``result`` holds the estimate for inspection."""
 
     exit_code = 9
 
@@ -79,7 +79,7 @@ EXIT_CODES: dict[int, str] = {
     6: "an output exists and --overwrite was not given",
     7: "dmreg batch: another run holds the output folder's lock",
     PAIRS_FAILED: "dmreg batch: one or more pairs failed or were flagged (their codes are in summary.csv/json)",
-    9: "flagged: the predicted error (CE90) exceeds --max-error (default 2 working pixels); no raster written, "
-       "the report says why",
+    9: "flagged: the predicted error (CE90) exceeds --max-error (default 2 working pixels) or is unknown, or "
+       "the consensus is weak; no raster written, the report says why",
     10: "an output could not be written (disk full, file size limit, permissions); no partial file is left",
 }
