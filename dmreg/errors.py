@@ -39,7 +39,8 @@ class RegistrationError(DmregError, RuntimeError):
 
 class FlaggedError(RegistrationError):
     """A mapping was estimated but its predicted error exceeds ``--max-error`` (or its default),
-    is unknown, or rests on a weak consensus: nothing is written as if it were good. ``result`` holds the estimate for inspection."""
+    is unknown, or rests on a weak consensus: nothing is written as if it were good.
+    ``result`` holds the estimate for inspection."""
 
     exit_code = 9
 

@@ -204,8 +204,8 @@ def predicted_error_flag(result: RegistrationResult, options: RegisterOptions) -
     """Why the estimate must be flagged rather than written as good, or None: its
     model's consensus is weak (``MIN_EVIDENCE_LOG10_NFA``), or its predicted error is
     unknown or exceeds ``--max-error`` (by default ``DEFAULT_MAX_ERROR_WORKING_PX``
-    working pixels); ``--max-error inf`` flags nothing. `dmreg evaluate` asks the same, so it scores
-    what register delivers."""
+    working pixels); ``--max-error inf`` flags nothing. `dmreg evaluate` asks the same,
+    so it scores what register delivers."""
     if options.max_error_px == math.inf:
         return None
     weak = _weak_evidence(result)
@@ -244,9 +244,9 @@ def _weak_evidence(result: RegistrationResult) -> str | None:
     fit = result.fits.get(selected.transform.base.kind) if selected.kind == "local" else selected
     if fit is None or fit.consensus is None or fit.consensus.log10_nfa <= MIN_EVIDENCE_LOG10_NFA:
         return None
-    return (f"the evidence is weak: {fit.consensus.inliers} inliers of {len(result.matches)} matches agree on the {fit.kind} "
-            f"model, a consensus chance alone would give with NFA 10^{fit.consensus.log10_nfa:.1f} (a result is "
-            f"written at 10^{MIN_EVIDENCE_LOG10_NFA:g} or less; --max-error inf writes it anyway)")
+    return (f"the evidence is weak: {fit.consensus.inliers} inliers of {len(result.matches)} matches agree on the "
+            f"{fit.kind} model, a consensus chance alone would give with NFA 10^{fit.consensus.log10_nfa:.1f} "
+            f"(a result is written at 10^{MIN_EVIDENCE_LOG10_NFA:g} or less; --max-error inf writes it anyway)")
 
 
 def _check_predicted_error(result: RegistrationResult, options: RegisterOptions, outputs: OutputOptions,
