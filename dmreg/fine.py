@@ -112,7 +112,7 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
     passes: list[dict] = []
     told: Callable[[float | None, bool], None] | None = getattr(matcher, "fine_pass", None)
     tolerance = getattr(matcher, "refine_tolerance_px", REFINE_TOLERANCE_PX) * work_scale
-    reread_within = max(getattr(matcher, "reread_within_px", REREAD_WITHIN_PX) * work_scale, tolerance)
+    reread_within = max(_reread_within(matcher) * work_scale, tolerance)
     moved: float | None = None
     try:
         for refinement in range(1 + options.refinements):
@@ -148,6 +148,18 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
             told(None, True)  # no pass follows: whatever the matcher kept for one can go
     unsettled = _apart(read_through, selected.transform, at) if len(passes) > 1 else None
     return FineResult(matches, fits, selected, scores, len(tiles), n_matched, passes, unsettled)
+
+
+def _reread_within(matcher: Matcher) -> float:
+    return getattr(matcher, "reread_within_px", REREAD_WITHIN_PX)
+
+
+def tolerates_read_offsets(matcher: Matcher) -> bool:
+    """Whether the matcher's peaks stay nearly unbiased when its tiles are read some way
+    off (``reread_within_px``): then how precisely the fine passes start does not
+    change their answer, only how many tiles they read. Dense learned matches lean
+    toward the offset they were read at, so for them it does."""
+    return _reread_within(matcher) > 0
 
 
 def _tile_size(matcher: Matcher, overlap: Polygon, work_scale: float, options: RegisterOptions) -> int:

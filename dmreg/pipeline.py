@@ -18,16 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from shapely.geometry import Polygon
 
-from dmreg.coarse import IDENTITY, SEARCH_SPREAD, TileReader, coarse_alignment, default_max_offset, search_orientation
+from dmreg.coarse import (IDENTITY, SEARCH_SPREAD, TileReader, coarse_alignment, coarse_grids, default_max_offset,
+                          search_orientation)
 from dmreg.errors import DmregError, FlaggedError, OutputExistsError, RegistrationError
 from dmreg.estimate.blocks import MIN_BLOCKS
 from dmreg.estimate.models import Transform
 from dmreg.estimate.robust import ModelFit
 from dmreg.estimate.uncertainty import GENERALISATIONS, bootstrap_uncertainty, model_spread
-from dmreg.fine import ProgressFn, fine_passes, largest_distance
+from dmreg.fine import ProgressFn, fine_passes, largest_distance, tolerates_read_offsets
 from dmreg.geometry.footprint import extent, overlap_in_reference
 from dmreg.geometry.mapping import GeorefMapping, check_points
-from dmreg.geometry.tiling import grid_over
 from dmreg.io.raster import RasterInfo, check_readable, describe, gdal_env, open_raster
 from dmreg.io.writing import check_output, write_text
 from dmreg.matchers import Matcher, get_matcher
@@ -66,13 +66,13 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         work_scale = _working_scale(georef, mov)
         reader = TileReader(ref_ds, mov_ds, options, timings, read_pool)
 
-        coarse_grid = grid_over(overlap, options.coarse_size, min_scale=work_scale)
-        max_offset = options.max_offset_px or default_max_offset(coarse_grid)
+        grids = coarse_grids(overlap, options.coarse_size, work_scale, half_first=tolerates_read_offsets(matcher))
+        max_offset = options.max_offset_px or default_max_offset(grids[-1])
         t = time.perf_counter()
         search = options.rotation_search if options.rotation_search is not None else not ref.georeferenced
         turn, orientation = (search_orientation(reader, matcher, georef, overlap, work_scale, options) if search
                              else (IDENTITY, None))
-        initial, coarse = coarse_alignment(reader, matcher, georef, coarse_grid, max_offset, options, turn)
+        initial, coarse, coarse_grid = coarse_alignment(reader, matcher, georef, grids, max_offset, options, turn)
         if orientation:
             coarse["orientation"] = orientation
         timings["coarse"] = time.perf_counter() - t - timings["read"]  # its reads are counted as reads
