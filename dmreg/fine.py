@@ -35,11 +35,12 @@ from dmreg.estimate.robust import ModelFit, fit_all, summarise_fit
 from dmreg.estimate.selection import CVScore, choose_model
 from dmreg.estimate.uncertainty import bootstrap_uncertainty
 from dmreg.geometry.footprint import extent
-from dmreg.geometry.mapping import CHECK_GRID_SIZE, CorrectedMapping, GeorefMapping
+from dmreg.geometry.mapping import CHECK_GRID_SIZE, CorrectedMapping, GeorefMapping, PointTransform
 from dmreg.geometry.tiling import Grid, plan_tiles, spread_order
 from dmreg.matchers import Matcher, TilePair
 from dmreg.options import RegisterOptions
-from dmreg.result import Correspondences
+from dmreg.probe import PROBE_SHIFT_WORKING_PX, probe_reading
+from dmreg.result import Correspondences, ReadProbe
 
 log = logging.getLogger("dmreg")
 
@@ -95,6 +96,9 @@ class FineResult:
     unsettled_px: np.ndarray | None = None
     """Per check point, how far the last pass moved the answer from the model it read its
     tiles through, when that model came from an earlier pass (None after one pass)."""
+    probe: ReadProbe | None = None
+    """Whether the matches follow the reading (:mod:`dmreg.probe`), for a matcher that
+    does not tolerate read offsets; None for one that does."""
 
 
 def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, overlap: Polygon, initial: Transform,
@@ -114,6 +118,7 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
     tolerance = getattr(matcher, "refine_tolerance_px", REFINE_TOLERANCE_PX) * work_scale
     reread_within = max(_reread_within(matcher) * work_scale, tolerance)
     moved: float | None = None
+    probing = not tolerates_read_offsets(matcher)  # the final pass keeps what the probe may reuse
     try:
         for refinement in range(1 + options.refinements):
             radius = SEARCH_SPREAD * fine_offset * work_scale
@@ -123,7 +128,7 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
                                 None if final else _Promotion(initial, overlap, tolerance, reread_within),
                                 area_span=extent(overlap))
             if told:  # tile pixels: how far the model this pass reads through moved from the last one's
-                told(None if moved is None else moved / work_scale, final)
+                told(None if moved is None else moved / work_scale, final and not probing)
             matches, n_matched, read_through = _match_tiles(reader, matcher, georef, initial, tiles, order,
                                                             fine_offset, progress, timings, budget)
             log.info("pass %d: %d matches in %d of %d tiles read (%d planned)%s", refinement + 1, len(matches),
@@ -143,11 +148,39 @@ def fine_passes(reader: TileReader, matcher: Matcher, georef: GeorefMapping, ove
                 log.info("pass %d moved the model by %.3f px at most: no further pass needed", refinement + 1,
                          moved)
                 break
+        probe = _probe(reader, matcher, georef, tiles, order, selected, matches, work_scale, threshold, at, options,
+                       timings) if probing else None
     finally:
         if told:
             told(None, True)  # no pass follows: whatever the matcher kept for one can go
     unsettled = _apart(read_through, selected.transform, at) if len(passes) > 1 else None
-    return FineResult(matches, fits, selected, scores, len(tiles), n_matched, passes, unsettled)
+    return FineResult(matches, fits, selected, scores, len(tiles), n_matched, passes, unsettled, probe)
+
+
+def _probe(reader: TileReader, matcher: Matcher, georef: GeorefMapping, tiles: list[Grid], order: list[int],
+           selected: ModelFit, matches: Correspondences, work_scale: float, threshold: float, at: np.ndarray,
+           options: RegisterOptions, timings: dict[str, float]) -> ReadProbe:
+    """The read-through probe of the final answer; its seconds go to ``timings["probe"]``
+    (its reads to "read"), not to the passes' matching."""
+    t = time.perf_counter()
+    told = getattr(matcher, "fine_pass", None)
+    if told:  # the tiles' content moves by the shift: only what does not depend on it is reused
+        told(math.hypot(*PROBE_SHIFT_WORKING_PX), True)
+
+    def match_through(model: PointTransform, probed: list[int]) -> Correspondences:
+        aside = {"match": 0.0, "fit": 0.0}
+        never_stops = TileBudget(selected.kind, threshold, SEARCH_SPREAD * REFINED_OFFSET * work_scale, options, at,
+                                 0.0, True, aside)
+        return _match_tiles(reader, matcher, georef, model, tiles, probed, REFINED_OFFSET, None, aside,
+                            never_stops)[0]
+
+    kind = selected.kind if selected.kind in KINDS else selected.transform.base.kind
+    probe = probe_reading(selected.transform, kind, matches, order, work_scale, threshold,
+                          SEARCH_SPREAD * REFINED_OFFSET * work_scale, options.seed, match_through)
+    timings["probe"] = time.perf_counter() - t
+    log.info("read-through probe: %d matches of %d tiles followed %s of a %.1f px shift", probe.matches, probe.tiles,
+             "?" if probe.followed is None else f"{probe.followed:.0%}", math.hypot(*probe.shift_px))
+    return probe
 
 
 def _reread_within(matcher: Matcher) -> float:

@@ -33,6 +33,7 @@ from dmreg.io.writing import check_output, write_text
 from dmreg.matchers import Matcher, get_matcher
 from dmreg.options import MODEL_CHOICES, OutputOptions, RegisterOptions
 from dmreg.output import write_aligned
+from dmreg.probe import probe_flag
 from dmreg.report import build_failure_report, build_report, to_json, write_tie_points
 from dmreg.result import Correspondences, RegistrationResult
 from dmreg.runtime import serial_blas
@@ -109,7 +110,7 @@ def _estimate(ref_path: str, mov_path: str, options: RegisterOptions, matcher: M
         ref=ref, mov=mov, georef=georef, correction=selected.transform, selected=selected, fits=fine.fits,
         scores=fine.scores, matches=matches, matcher=matcher.describe(), tiles=fine.tiles,
         tiles_matched=fine.tiles_matched, coarse=coarse, passes=fine.passes, uncertainty=uncertainty,
-        timings_s=timings, warnings=warnings,
+        probe=fine.probe, timings_s=timings, warnings=warnings,
     )
 
 
@@ -202,13 +203,14 @@ The threshold sits inside that gap."""
 
 def predicted_error_flag(result: RegistrationResult, options: RegisterOptions) -> str | None:
     """Why the estimate must be flagged rather than written as good, or None: its
-    model's consensus is weak (``MIN_EVIDENCE_LOG10_NFA``), or its predicted error is
+    model's consensus is weak (``MIN_EVIDENCE_LOG10_NFA``), its matches follow the model
+    they were read through (:func:`dmreg.probe.probe_flag`), or its predicted error is
     unknown or exceeds ``--max-error`` (by default ``DEFAULT_MAX_ERROR_WORKING_PX``
     working pixels); ``--max-error inf`` flags nothing. `dmreg evaluate` asks the same,
     so it scores what register delivers."""
     if options.max_error_px == math.inf:
         return None
-    weak = _weak_evidence(result)
+    weak = _weak_evidence(result) or probe_flag(result.probe)
     if weak:
         return weak
     if options.max_error_px is None:

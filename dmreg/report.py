@@ -77,6 +77,7 @@ def build_report(result: RegistrationResult, ref_path: str, mov_path: str, statu
             "predicted_ce90_px": finite_or_none(result.uncertainty.ce90_px) if result.uncertainty else None,
         },
         "uncertainty": result.uncertainty.as_dict() if result.uncertainty else None,
+        "read_probe": result.probe.as_dict() if result.probe else None,
         "models": models_section(result),
         "coarse": result.coarse,
         "passes": result.passes,

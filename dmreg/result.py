@@ -13,6 +13,7 @@ from dmreg.estimate.uncertainty import Uncertainty
 from dmreg.geometry.mapping import CorrectedMapping, GeorefMapping
 from dmreg.io.raster import RasterInfo
 
+
 @dataclass
 class Correspondences:
     """All matches in full-resolution pixels: ``mov_px`` (moving raster), ``pred_px``
@@ -39,6 +40,22 @@ class Correspondences:
         return len(self.confidence)
 
 
+@dataclass(frozen=True)
+class ReadProbe:
+    """What the read-through probe (:mod:`dmreg.probe`) found: the shift (reference px),
+    the tiles read again and their matches, and the share of the shift a fit to those
+    matches followed (None: no meaningful fit to tell)."""
+
+    shift_px: tuple[float, float]
+    tiles: int
+    matches: int
+    followed: float | None
+
+    def as_dict(self) -> dict:
+        return {"shift_px": [round(v, 3) for v in self.shift_px], "tiles": self.tiles, "matches": self.matches,
+                "followed": None if self.followed is None else round(self.followed, 3)}
+
+
 @dataclass
 class RegistrationResult:
     ref: RasterInfo
@@ -55,6 +72,7 @@ class RegistrationResult:
     coarse: dict
     passes: list[dict] = field(default_factory=list)  # per fine pass: tiles read and matched, early stop
     uncertainty: Uncertainty | None = None  # at the report's check grid
+    probe: ReadProbe | None = None  # whether the matches follow the reading (matchers that lean only)
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
