@@ -60,9 +60,9 @@ RansacThreshold = Annotated[float, typer.Option("--ransac-threshold", help="RANS
 MinInliers = Annotated[int, typer.Option("--min-inliers", help="Fewer inliers than this fails with exit code 5.")]
 MaxError = Annotated[float | None, typer.Option(
     "--max-error", help="Flag the result (exit code 9, no raster written) when its predicted error (CE90, "
-    "reference pixels) exceeds this or is unknown (inliers in fewer than 3 independent blocks), or its consensus "
-    "is weak (NFA above 10^-6) [default: 2 working pixels; "
-    "inf: never flag].")]
+    "reference pixels) exceeds this or is unknown (inliers in fewer than 3 independent blocks), its consensus "
+    "is weak (NFA above 10^-6), or its matches follow the model they were read through (read-through probe) "
+    "[default: 2 working pixels; inf: never flag].")]
 RotationSearch = Annotated[bool | None, typer.Option(
     "--rotation-search/--no-rotation-search", help="Try orientations over the full circle at the coarse level "
     "(default: on for pixel-space pairs, off for georeferenced ones).")]

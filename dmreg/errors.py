@@ -80,7 +80,8 @@ EXIT_CODES: dict[int, str] = {
     6: "an output exists and --overwrite was not given",
     7: "dmreg batch: another run holds the output folder's lock",
     PAIRS_FAILED: "dmreg batch: one or more pairs failed or were flagged (their codes are in summary.csv/json)",
-    9: "flagged: the predicted error (CE90) exceeds --max-error (default 2 working pixels) or is unknown, or "
-       "the consensus is weak; no raster written, the report says why",
+    9: "flagged: the predicted error (CE90) exceeds --max-error (default 2 working pixels) or is unknown, "
+       "the consensus is weak, or the matches follow the model they were read through; no raster written, the "
+       "report says why",
     10: "an output could not be written (disk full, file size limit, permissions); no partial file is left",
 }

@@ -19,7 +19,7 @@ from dmreg.estimate.models import Transform
 from dmreg.matchers.base import TileMatches, TilePair
 from dmreg.matchers.structural import StructuralMatcher
 from dmreg.pipeline import RegisterOptions, estimate, predicted_error_flag
-from dmreg.probe import MAX_FOLLOWED, PROBE_SHIFT_WORKING_PX, probe_flag, probe_reading
+from dmreg.probe import MAX_FOLLOWED, PROBE_SHIFT_WORKING_PX, PROBE_TILES, probe_flag, probe_reading
 from dmreg.result import Correspondences, ReadProbe
 
 ANSWER = Transform("translation", matrix=np.array([[1, 0, 2.0], [0, 1, -1.0], [0, 0, 1.0]]))
@@ -46,16 +46,18 @@ def _matches_through(reading, recovery: float, rng: np.random.Generator, tiles: 
 @pytest.mark.parametrize("recovery", [1.0, 0.6, 0.2, 0.0])
 def test_the_probe_measures_the_share_of_the_shift_the_answer_follows(recovery):
     rng = np.random.default_rng(3)
-    final = _matches_through(ANSWER, recovery, rng, [0, 1, 2, 3, 4, 5])
+    final = _matches_through(ANSWER, recovery, rng, list(range(PROBE_TILES + 3)))
+    order = [int(t) for t in rng.permutation(PROBE_TILES + 4)]  # one tile of the plan has no matches
     probed_tiles = []
 
     def match_through(model, tiles):
         probed_tiles.extend(tiles)
         return _matches_through(model, recovery, rng, tiles)
 
-    probe = probe_reading(ANSWER, "translation", final, [5, 2, 0, 4, 1, 3], 1.0, 1.5, 6.0, 0, match_through)
-    assert probed_tiles == [5, 2, 0, 4]  # the first four in the spread order
-    assert probe.shift_px == PROBE_SHIFT_WORKING_PX and probe.tiles == 4 and probe.matches == 1200
+    probe = probe_reading(ANSWER, "translation", final, order, 1.0, 1.5, 6.0, 0, match_through)
+    assert probed_tiles == [t for t in order if t < PROBE_TILES + 3][:PROBE_TILES]  # the first matched ones
+    assert probe.shift_px == PROBE_SHIFT_WORKING_PX and probe.tiles == PROBE_TILES
+    assert probe.matches == 300 * PROBE_TILES
     # the content lying off the answer (CONTENT_OFF) cancels: only the reading's pull is left
     assert probe.followed == pytest.approx(1 - recovery, abs=0.05)
     assert (probe_flag(probe) is not None) == (1 - recovery > MAX_FOLLOWED)
