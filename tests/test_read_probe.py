@@ -19,7 +19,8 @@ from dmreg.estimate.models import Transform
 from dmreg.matchers.base import TileMatches, TilePair
 from dmreg.matchers.structural import StructuralMatcher
 from dmreg.pipeline import RegisterOptions, estimate, predicted_error_flag
-from dmreg.probe import MAX_FOLLOWED, PROBE_SHIFT_WORKING_PX, PROBE_TILES, probe_flag, probe_reading
+from dmreg.probe import (CLEARLY_CONTENT, MAX_FOLLOWED, PROBE_FIRST_TILES, PROBE_SHIFT_WORKING_PX, PROBE_TILES,
+                         probe_flag, probe_reading)
 from dmreg.result import Correspondences, ReadProbe
 
 ANSWER = Transform("translation", matrix=np.array([[1, 0, 2.0], [0, 1, -1.0], [0, 0, 1.0]]))
@@ -55,9 +56,10 @@ def test_the_probe_measures_the_share_of_the_shift_the_answer_follows(recovery):
         return _matches_through(model, recovery, rng, tiles)
 
     probe = probe_reading(ANSWER, "translation", final, order, 1.0, 1.5, 6.0, 0, match_through)
-    assert probed_tiles == [t for t in order if t < PROBE_TILES + 3][:PROBE_TILES]  # the first matched ones
-    assert probe.shift_px == PROBE_SHIFT_WORKING_PX and probe.tiles == PROBE_TILES
-    assert probe.matches == 300 * PROBE_TILES
+    # the first matched tiles in the spread order; four more unless the first four were clear
+    read = PROBE_FIRST_TILES if 1 - recovery <= CLEARLY_CONTENT else PROBE_TILES
+    assert probed_tiles == [t for t in order if t < PROBE_TILES + 3][:read]
+    assert probe.shift_px == PROBE_SHIFT_WORKING_PX and probe.tiles == read and probe.matches == 300 * read
     # the content lying off the answer (CONTENT_OFF) cancels: only the reading's pull is left
     assert probe.followed == pytest.approx(1 - recovery, abs=0.05)
     assert (probe_flag(probe) is not None) == (1 - recovery > MAX_FOLLOWED)
