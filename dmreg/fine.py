@@ -167,16 +167,17 @@ def _probe(reader: TileReader, matcher: Matcher, georef: GeorefMapping, tiles: l
     if told:  # the tiles' content moves by the shift: only what does not depend on it is reused
         told(math.hypot(*PROBE_SHIFT_WORKING_PX), True)
 
+    search_radius = SEARCH_SPREAD * REFINED_OFFSET * work_scale
+
     def match_through(model: PointTransform, probed: list[int]) -> Correspondences:
         aside = {"match": 0.0, "fit": 0.0}
-        never_stops = TileBudget(selected.kind, threshold, SEARCH_SPREAD * REFINED_OFFSET * work_scale, options, at,
-                                 0.0, True, aside)
+        never_stops = TileBudget(selected.kind, threshold, search_radius, options, at, 0.0, True, aside)
         return _match_tiles(reader, matcher, georef, model, tiles, probed, REFINED_OFFSET, None, aside,
                             never_stops)[0]
 
-    kind = selected.kind if selected.kind in KINDS else selected.transform.base.kind
-    probe = probe_reading(selected.transform, kind, matches, order, work_scale, threshold,
-                          SEARCH_SPREAD * REFINED_OFFSET * work_scale, options.seed, match_through)
+    kind = selected.kind if selected.kind in KINDS else selected.transform.base.kind  # local: its global base
+    probe = probe_reading(selected.transform, kind, matches, order, work_scale, threshold, search_radius,
+                          options.seed, match_through)
     timings["probe"] = time.perf_counter() - t
     log.info("read-through probe: %d matches of %d tiles followed %s of a %.1f px shift", probe.matches, probe.tiles,
              "?" if probe.followed is None else f"{probe.followed:.0%}", math.hypot(*probe.shift_px))

@@ -29,7 +29,7 @@ PROBE_TILES = 8
 map sheet against its aerial photograph (DistillMatch 2.5 px off in mean, 6.1 px at
 worst, predicted CE90 0.75 px), 4 tiles measured 65 % followed, 8 tiles 74 %, all 15
 80 %: the first tiles in spread order are not the most telling ones."""
-MIN_PROBE_MATCHES = 10
+MIN_PROBE_MATCHES = 10  # fewer cannot be fitted meaningfully: the probe then says nothing
 MAX_FOLLOWED = 0.7
 """A probe whose fit follows more than this share of the shift flags the result.
 Measured with DistillMatch on the 144 validation pairs, over the 80 answers the other
@@ -97,7 +97,7 @@ def probe_reading(model: PointTransform, kind: str, matches: Correspondences, or
         return float(np.mean(np.column_stack([fx - mx, fy - my]) @ shift) / (shift @ shift))
 
     def gap(found: Correspondences, probed: list[int]) -> float | None:
-        followed, baseline = share(found), share(_of_tiles(matches, probed))
+        followed, baseline = share(found), share(matches.of_tiles(probed))
         return None if followed is None or baseline is None else followed - baseline
 
     probed = candidates[:PROBE_FIRST_TILES]
@@ -108,12 +108,6 @@ def probe_reading(model: PointTransform, kind: str, matches: Correspondences, or
         probed = candidates
         followed = gap(found, probed)
     return ReadProbe((float(shift[0]), float(shift[1])), len(probed), len(found), followed)
-
-
-def _of_tiles(matches: Correspondences, tiles: list[int]) -> Correspondences:
-    keep = np.isin(matches.tile, tiles)
-    return Correspondences(*(getattr(matches, f)[keep] for f in ("mov_px", "pred_px", "ref_px", "confidence",
-                                                                   "tile")))
 
 
 def probe_flag(probe: ReadProbe | None) -> str | None:

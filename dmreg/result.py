@@ -31,10 +31,16 @@ class Correspondences:
         z = np.zeros((0, 2))
         return cls(z, z, z, np.zeros(0), np.zeros(0, int))
 
+    FIELDS = ("mov_px", "pred_px", "ref_px", "confidence", "tile")
+
     @classmethod
     def concatenate(cls, parts: list[Correspondences]) -> Correspondences:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("mov_px", "pred_px", "ref_px", "confidence", "tile")))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.FIELDS))
+
+    def of_tiles(self, tiles: list[int]) -> Correspondences:
+        """The matches found in ``tiles``."""
+        keep = np.isin(self.tile, tiles)
+        return Correspondences(*(getattr(self, f)[keep] for f in self.FIELDS))
 
     def __len__(self) -> int:
         return len(self.confidence)
