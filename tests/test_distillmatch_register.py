@@ -38,3 +38,6 @@ def test_register_example_with_distillmatch(tmp_path):
     assert error.max() < 1.0
     assert r["matcher"]["name"] == "distillmatch" and len(r["matcher"]["weights_sha256"]) == 64
     assert r["quality"]["inliers"] >= 100
+    probe = r["read_probe"]  # its matches were read again through the answer shifted: they stayed with the content
+    assert probe["tiles"] >= 1 and probe["matches"] > 0 and probe["followed"] < 0.35, probe
+    assert "probe" in r["timings_s"]
