@@ -236,6 +236,9 @@ def test_evaluate_compares_matchers_and_measures_error_against_the_truth(pair_di
     assert good["error_px"] < 0.5 and good["max_error_px"] < 1.0
     assert good["model"] and good["inliers"] >= 12 and good["time_s"] > 0
     assert rows["structural", "red-swir2-points"]["points"] == 3
+    # the flags' evidence: CE90 for every estimate; the read-through probe for SIFT, not for structural
+    assert 0 < good["predicted_ce90_px"] < 1.0 and good["probe_followed"] is None
+    assert abs(rows["sift", "red-swir2"]["probe_followed"]) < 0.35
     assert rows["structural", "red-swir2-points"]["error_px"] < 0.5
     assert rows["structural", "wrong-truth"]["error_px"] == pytest.approx(20, abs=0.5)
     flat = rows["structural", "flat"]

@@ -97,6 +97,8 @@ class PairResult:
     points: int = 0                    # check points the error is measured at
     time_s: float = 0.0
     truth_tolerance_px: float = 0.0
+    predicted_ce90_px: float | None = None  # what register would report: the flags' evidence, for calibrating them
+    probe_followed: float | None = None     # the read-through probe's share (matchers that may lean)
 
     @property
     def error_for_metrics(self) -> float:
@@ -184,7 +186,9 @@ def evaluate_pair(pair: EvalPair, options: RegisterOptions, matcher: Matcher, la
         "status": "flagged", "exit_code": FlaggedError.exit_code, "error": flag}
     return replace(base, **verdict, error_px=float(errors.mean()), max_error_px=float(errors.max()),
                    model=result.selected.kind, inliers=int(result.selected.n_inliers), matches=len(result.matches),
-                   points=len(errors), time_s=elapsed)
+                   points=len(errors), time_s=elapsed,
+                   predicted_ce90_px=result.uncertainty.ce90_px if result.uncertainty else None,
+                   probe_followed=result.probe.followed if result.probe else None)
 
 
 def pair_errors(pair: EvalPair, result: RegistrationResult) -> np.ndarray:
