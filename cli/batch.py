@@ -81,7 +81,7 @@ def batch_command(
 
     A rerun skips complete pairs and redoes partial or failed ones.
 
-    Exit codes: 0 every pair ok or already complete, 2 usage, 3 unreadable manifest or folder, 7 another run holds OUT's lock, 8 one or more pairs failed or were flagged (--max-error or its default, an unknown predicted error, or a weak consensus; each pair's status and code are in the summary), 143 stopped by SIGTERM.
+    Exit codes: 0 every pair ok or already complete, 2 usage, 3 unreadable manifest or folder, 7 another run holds OUT's lock, 8 one or more pairs failed or were flagged (--max-error or its default, an unknown predicted error, a weak consensus, or matches that follow the model they were read through; each pair's status and code are in the summary), 143 stopped by SIGTERM.
     """
     configure_logging(quiet, verbose)
     signal.signal(signal.SIGTERM, _stop)

@@ -70,7 +70,7 @@ def evaluate_command(
 ) -> None:
     """Register every pair of PAIRS with each matcher, as `dmreg register` would, and measure the error against the truth.
 
-    Prints per matcher and modality pair the success rate at 1, 3, 5 and 10 px, the median error, the AUC of the error curve up to 10 px, the mean time per pair, the failures, the pairs register would flag (--max-error or its default, an unknown predicted error, or a weak consensus; no raster is written: they count as failed, their error is still in the JSON) and the wrong answers reported as good (ok, yet more than 3 px off beyond how exact the truth is). A pair that fails to register counts as an infinite error. --ref-band/--mov-band apply to pairs whose manifest entry names no band.
+    Prints per matcher and modality pair the success rate at 1, 3, 5 and 10 px, the median error, the AUC of the error curve up to 10 px, the mean time per pair, the failures, the pairs register would flag (--max-error or its default, an unknown predicted error, a weak consensus, or matches that follow the model they were read through; no raster is written: they count as failed, their error is still in the JSON) and the wrong answers reported as good (ok, yet more than 3 px off beyond how exact the truth is). A pair that fails to register counts as an infinite error. --ref-band/--mov-band apply to pairs whose manifest entry names no band.
 
     Exit codes: 0 evaluated (whatever the accuracy), 2 usage or malformed manifest, 3 manifest or image missing, 6 --json output exists (use --overwrite).
     """

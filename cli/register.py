@@ -71,7 +71,8 @@ def register_command(
     5 registration failed (too few matches, or no model that random matches could not
     explain), 6 output exists (use --overwrite), 9 flagged: predicted error above
     --max-error, by default 2 working pixels, or unknown (inliers in fewer than 3
-    independent blocks), or a weak consensus (the report is written, the raster is not),
+    independent blocks), a weak consensus, or matches that follow the model they were
+    read through (the report is written, the raster is not),
     10 an output could not be written
     (disk full, file size limit; no partial file is left).
     """
