@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from shapely.geometry import box
 from typer.testing import CliRunner
 
 ort = pytest.importorskip("onnxruntime")
@@ -24,6 +25,7 @@ onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 from dmreg.errors import InputError, OutputExistsError, UsageError  # noqa: E402
+from dmreg.fine import _tile_size  # noqa: E402
 from dmreg.io.sampling import normalise_contrast  # noqa: E402
 from dmreg.matchers import TilePair, get_matcher  # noqa: E402
 from dmreg.matchers.distillmatch.config import DistillMatchConfig  # noqa: E402
@@ -33,6 +35,7 @@ from dmreg.matchers.distillmatch.onnx_export import compare_matches, export_onnx
 from dmreg.matchers.distillmatch.onnx_format import FORMAT, INPUTS, OUTPUTS  # noqa: E402
 from dmreg.matchers.distillmatch.onnx_matcher import OnnxDistillMatchMatcher, select_cells  # noqa: E402
 from dmreg.matchers.distillmatch.weights import load_model  # noqa: E402
+from dmreg.options import RegisterOptions  # noqa: E402
 from dmreg_cli.main import app  # noqa: E402
 from helpers import DATA, L7, normalised, sha256  # noqa: E402
 
@@ -141,11 +144,21 @@ def test_get_matcher_runs_the_onnx_file(exported, bands):
     assert info["weights_sha256"] == reference["weights_sha256"]
     assert info["onnx_sha256"] == sha256(exported) and info["device"] == "cpu"
     assert matcher.rotation_step_deg == DistillMatchMatcher.rotation_step_deg
+    assert matcher.balanced_tiles == DistillMatchMatcher.balanced_tiles
     (found,) = matcher.match(l7_pairs(*bands)[:1])  # same pixels of both bands: the truth is no offset
     error = np.hypot(*(found.ref_xy - found.mov_xy).T)
     assert len(found) > 500 and (error < 1.0).mean() > 0.8, np.percentile(error, [25, 50, 75])
     with pytest.raises(UsageError, match="runs on the CPU"):
         get_matcher("distillmatch", weights=str(exported), device="cuda")
+
+
+def test_the_fine_stage_plans_the_same_tiles_for_onnx_as_for_pytorch(exported):
+    """An 800 px overlap is covered by 2 x 2 tiles of 416 px for either backend, not 512
+    (the attention and the confidence matrix cost the square of a tile's area)."""
+    overlap = box(0, 0, 800, 800)
+    sides = {type(m).__name__: _tile_size(m, overlap, 1.0, RegisterOptions())
+             for m in (OnnxDistillMatchMatcher(exported), DistillMatchMatcher(weights=WEIGHTS, device="cpu"))}
+    assert set(sides.values()) == {416}, sides
 
 
 def test_onnx_matcher_runs_without_pytorch(exported, tmp_path):
