@@ -19,6 +19,7 @@ from dmreg.errors import UsageError
 from dmreg.matchers.base import TileMatches, TilePair
 from dmreg.matchers.distillmatch.model import COARSE_STRIDE, DistillMatch
 from dmreg.matchers.distillmatch.tiles import (
+    BALANCED_TILES,
     MAX_SIDE,
     ROTATION_STEP_DEG,
     batch_shape,
@@ -84,8 +85,7 @@ class DistillMatchMatcher:
     max_side: int = MAX_SIDE
     name: str = "distillmatch"
     rotation_step_deg: float = ROTATION_STEP_DEG
-    balanced_tiles: bool = True  # fine tiles no larger than covering the overlap with as many needs: the
-                                 # attention and the confidence matrix cost the square of a tile's area
+    balanced_tiles: bool = BALANCED_TILES
     reuse_within_px: float = REUSE_WITHIN_PX
     feature_cache_mb: float = FEATURE_CACHE_MB
     refine_tolerance_px: float = 0.05

@@ -20,6 +20,7 @@ from dmreg.errors import InputError
 from dmreg.matchers.base import TileMatches, TilePair
 from dmreg.matchers.distillmatch.onnx_format import OUTPUTS, PREDICT_MODALITY, OnnxCard
 from dmreg.matchers.distillmatch.tiles import (
+    BALANCED_TILES,
     MAX_SIDE,
     ROTATION_STEP_DEG,
     batch_shape,
@@ -41,8 +42,7 @@ class OnnxDistillMatchMatcher:
     max_side: int = MAX_SIDE
     name: str = "distillmatch"
     rotation_step_deg: float = ROTATION_STEP_DEG
-    balanced_tiles: bool = True  # the fine stage plans the PyTorch matcher's tiles: without this an 800 px
-                                 # pair got 512 px tiles instead of 416 and took twice as long
+    balanced_tiles: bool = BALANCED_TILES
     _session: ort.InferenceSession = field(init=False, repr=False)
     _card: OnnxCard = field(init=False, repr=False)
     _sha256: str = field(init=False, repr=False)
